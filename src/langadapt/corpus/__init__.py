@@ -1,0 +1,1 @@
+"""Streaming corpus reading, cleaning and statistics."""

@@ -1,0 +1,1 @@
+"""Language profiles: script ranges, normalisation, counting units and sentence splitting."""

@@ -1,0 +1,88 @@
+"""Writing output directories safely: atomically, and with a record of how they were made."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from langadapt import __version__
+from langadapt.errors import LangadaptError
+
+ADAPTATION_FILE = "adaptation.json"
+
+
+@contextmanager
+def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `out`; rename it to `out` only if the block succeeds.
+
+    A crash or error inside the block removes the temporary directory, so a half-written
+    output never sits at `out` looking whole. An existing `out` is replaced only with
+    `overwrite=True` (and only once the new one is complete).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LangadaptError(f"output {out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_adaptation_json(out_dir: str | os.PathLike, step: str, **info: Any) -> dict:
+    """Write `adaptation.json` into `out_dir`: which langadapt step made it, from what, and how.
+
+    `info` holds the step's own facts (base, tokenizer hash, sizes, hyperparameters...).
+    An `adaptation.json` already in `out_dir` (e.g. copied from an input) is kept under
+    `history`, so a chain of steps stays readable.
+    """
+    path = Path(out_dir) / ADAPTATION_FILE
+    history: list = []
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        history = previous.pop("history", []) + [previous]
+    record = {
+        "step": step,
+        "langadapt_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        **info,
+    }
+    if history:
+        record["history"] = history
+    write_json_atomic(path, record)
+    return record

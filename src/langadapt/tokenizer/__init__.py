@@ -1,0 +1,1 @@
+"""Tokenizers: load, measure, train, merge (extend) and prune."""
