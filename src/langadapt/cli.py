@@ -15,6 +15,8 @@ import sys
 from langadapt import __version__
 from langadapt.errors import LangadaptError
 
+MODEL_HELP = ("a hub id, a local HF model directory, a .gguf file (converted once into $LANGADAPT_HOME, "
+              "default ~/.cache/langadapt) or the alias 'smollm2-135m'")
 LANGS = "bo (Tibetan), zh (Chinese), ko (Korean), en (English) or any other code (generic profile)"
 
 
@@ -65,15 +67,185 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Read and inspect text corpora.")
     corpus_cmds = corpus.add_subparsers(title="corpus commands", metavar="ACTION")
     # (corpus subcommands are registered here)
+    p = _add(corpus_cmds, "stats", "langadapt.corpus.stats:run_stats",
+             "files, records, characters, units, script share, duplicates and bad bytes of a corpus",
+             description="Stream a corpus once and print what is in it: files, records, characters, counting "
+                         "units of the language, target-script share, exact-duplicate records, bad bytes "
+                         "replaced, and records mostly in another script. With --tokenizer, also tokens per "
+                         "character and per unit.")
+    _add_corpus_args(p)
+    p.add_argument("--tokenizer", metavar="SPEC", default=None,
+                   help="also count tokens with this tokenizer (HF dir, tokenizer.model, .gguf, alias)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 
     # --- tokenizer ----------------------------------------------------------------
     # (tokenizer subcommands are registered here)
+    tokenizer = stages.add_parser("tokenizer", help="train, extend (merge), prune and measure tokenizers",
+                                  description="Train, extend (merge), prune and measure tokenizers.")
+    tokenizer_cmds = tokenizer.add_subparsers(title="tokenizer commands", metavar="ACTION")
+
+    def corpus_option(p: argparse.ArgumentParser, required: bool) -> None:
+        # --corpus instead of positional paths (merge takes either --add or --corpus); the rest as
+        # in _add_corpus_args.
+        p.add_argument("--corpus", nargs="+", required=required, metavar="PATH",
+                       help="target-language text: files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz")
+        p.add_argument("--lang", required=True, help=f"language profile: {LANGS}")
+        p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
+        p.add_argument("--column", default=None, help="column (name or 0-based index) of .csv/.tsv")
+        p.add_argument("--clean", choices=["none", "kangyur"], default="none",
+                       help="strip known markup ('kangyur': Derge Kangyur folio marks and corrections)")
+        p.add_argument("--on-bad-bytes", choices=["error", "replace"], default="error",
+                       help="invalid UTF-8: stop with the file and byte offset, or replace with U+FFFD")
+        p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    p = _add(tokenizer_cmds, "train", "langadapt.tokenizer.train:run",
+             "train a SentencePiece model (BPE or unigram) on target-language text",
+             description="Stream the corpus (normalised by the language profile, split into sentences) into "
+                         "sentencepiece's trainer, sampling at most --sample-sentences sentences so memory stays "
+                         "flat. Defaults suit a donor for `tokenizer merge`: identity normalisation, split digits, "
+                         "no byte fallback, character coverage 0.9995 for bo/zh/ko. Writes <out>/<name>.model, "
+                         "<name>.vocab and adaptation.json.")
+    corpus_option(p, required=True)
+    p.add_argument("--vocab-size", type=int, required=True, help="number of pieces")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece algorithm")
+    p.add_argument("--name", default=None, help="file name stem (default: <lang>-<type>-<vocab>)")
+    p.add_argument("--sample-sentences", type=int, default=None,
+                   help="sentences sentencepiece keeps (random sample; default 2,000,000)")
+    p.add_argument("--character-coverage", type=float, default=None,
+                   help="share of characters covered (default 0.9995 for bo/zh/ko/ja, else 1.0)")
+
+    p = _add(tokenizer_cmds, "merge", "langadapt.tokenizer.merge:run",
+             "extend a base tokenizer with target-language pieces",
+             description="SentencePiece bases (Llama-1/2, Mistral, Baichuan): merge a donor SentencePiece model "
+                         "(--add, or one trained here from --corpus as a BPE of --vocab-size pieces). By default "
+                         "only donor pieces with target-script characters are added, scored in the donor's own "
+                         "order (so target text is cut as the donor cuts it and other text exactly as before), "
+                         "and unreachable pieces are repaired or dropped. --compat chinese-llama appends every "
+                         "missing piece with score 0 (the published recipe). Byte-level BPE bases (SmolLM2, "
+                         "Llama-3, Qwen): --corpus with --vocab-size new tokens. Writes an HF tokenizer dir with "
+                         "merge_report.json and adaptation.json.")
+    p.add_argument("--base", required=True, metavar="TOKENIZER",
+                   help="base tokenizer: HF dir, tokenizer.model, .gguf, alias or hub id")
+    p.add_argument("--add", default=None, metavar="SPM_MODEL", help="donor SentencePiece .model to merge")
+    corpus_option(p, required=False)
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="with --corpus: donor vocabulary (SentencePiece base) or new tokens (byte-level base)")
+    p.add_argument("--compat", choices=["chinese-llama"], default=None,
+                   help="reproduce the Chinese-LLaMA recipe exactly (score 0, every missing piece)")
+    p.add_argument("--sample-sentences", type=int, default=None,
+                   help="with --corpus (SentencePiece base): sentences the donor trainer keeps (default 2,000,000)")
+    # (tokenizer prune / tokenizer report are registered below by their own helpers)
+    p = _add(tokenizer_cmds, "prune", "langadapt.tokenizer.prune:run_prune",
+             "keep only the tokens a corpus of the kept languages needs (LLMPruner for any fast BPE/Unigram)",
+             description="Count the base tokenizer's tokens on the corpus (streamed, in batches) and keep: special/"
+                         "added tokens, <unk>, byte tokens (the 256 byte-level symbols or SentencePiece <0xNN> "
+                         "pieces), every token used at least --min-count times and, for BPE, the intermediate "
+                         "tokens its merges need. New ids follow the old order. The corpus tokenises to the same "
+                         "token strings as before; other text falls back to smaller pieces and bytes (and still "
+                         "decodes back, except for Unigram models without byte fallback: <unk>). Writes an HF "
+                         "tokenizer dir with id_map.json ({old_vocab_size, new_vocab_size, old_to_new: {old: new}, "
+                         "new_to_old: [old ids]}, for `model prune`), prune_report.json and adaptation.json.")
+    p.add_argument("--base", required=True, metavar="TOKENIZER",
+                   help="base tokenizer: HF dir, tokenizer.model, .gguf, alias or hub id")
+    corpus_option(p, required=True)
+    p.add_argument("--min-count", type=int, default=1, metavar="K", help="keep tokens used at least K times")
+
+    p = _add(tokenizer_cmds, "report", "langadapt.tokenizer.report:run_report",
+             "compare tokenizers on a corpus or a sentence: tokens per unit, byte fallback, vocab used",
+             description="For each --tokenizer: vocab size, tokens, characters, units of the language (Tibetan "
+                         "syllables, Chinese characters, words otherwise), tokens per char and per unit, UTF-8 "
+                         "bytes per token, byte-fallback share, unk share and share of the vocab used; a Markdown "
+                         "table on stdout. Byte fallback = SentencePiece <0xNN> pieces; for byte-level BPE, tokens "
+                         "that are not whole characters (their bytes are not complete UTF-8 characters). "
+                         "Special tokens are not added. With --text, also the pieces of each tokenizer.")
+    p.add_argument("--tokenizer", action="append", required=True, metavar="SPEC",
+                   help="a tokenizer (HF dir, tokenizer.model, .gguf, alias, hub id); repeat to compare")
+    p.add_argument("--name", action="append", default=None,
+                   help="display name of the tokenizer at the same position (default: its basename)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", nargs="+", metavar="PATH",
+                        help="files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz")
+    source.add_argument("--text", default=None, help="one text instead of a corpus: also prints the pieces")
+    p.add_argument("--lang", required=True, help=f"language profile: {LANGS}")
+    p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
+    p.add_argument("--column", default=None, help="column (name or 0-based index) of .csv/.tsv")
+    p.add_argument("--clean", choices=["none", "kangyur"], default="none",
+                   help="strip known markup ('kangyur': Derge Kangyur folio marks and corrections)")
+    p.add_argument("--on-bad-bytes", choices=["error", "replace"], default="error",
+                   help="invalid UTF-8: stop with the file and byte offset, or replace with U+FFFD")
+    p.add_argument("--max-chars", type=int, default=None, metavar="N", help="read at most N characters of the corpus")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw tokens per unit as a bar chart PNG")
 
     # --- model --------------------------------------------------------------------
     # (model subcommands are registered here)
+    model = stages.add_parser("model", help="load and inspect models",
+                              description="Load and inspect models. " + MODEL_HELP)
+    model_cmds = model.add_subparsers(title="model commands", metavar="ACTION")
+    p = _add(model_cmds, "info", "langadapt.model.load:info_command",
+             "print a model's facts: architecture, parameters, vocab, tokenizer type, tied embeddings, "
+             "chat template, shape, dtype (reads config and safetensors headers, not the weights)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    # model extend / model prune (langadapt.model.extend, langadapt.model.prune)
+    p = _add(model_cmds, "extend", "langadapt.model.extend:run_extend",
+             "resize a model's embeddings and LM head for an extended tokenizer and initialise the new rows",
+             description="Check that TOKENIZER extends the base model's own tokenizer (same strings at the same "
+                         "ids), resize the input embeddings and the LM head (tied or untied, kept as they were), "
+                         "initialise the new rows and write a standard model directory with the tokenizer and "
+                         "adaptation.json. Logits over the old vocabulary are unchanged.")
+    p.add_argument("--base", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="the extended tokenizer (e.g. from `tokenizer merge`)")
+    p.add_argument("--init", choices=["mean", "random", "hf-default"], default="mean",
+                   help="new rows: 'mean' of the base rows of the pieces the base tokenizer makes of each new "
+                        "token; 'random' N(0, initializer_range); 'hf-default' transformers' mean_resizing")
+    p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                   help="pad the vocabulary to a multiple of N rows (padding rows get the mean of all base rows)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random inits")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p = _add(model_cmds, "prune", "langadapt.model.prune:run_prune",
+             "keep only the embedding and LM-head rows of a pruned tokenizer's tokens",
+             description="Slice the embedding and LM-head rows with the id_map.json written by `tokenizer prune`, "
+                         "remap the special-token ids in the config and write a standard model directory; "
+                         "prints the parameters before and after.")
+    p.add_argument("--base", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="the pruned tokenizer (with id_map.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    # --- eval ---------------------------------------------------------------------
+    evaluate = stages.add_parser("eval", help="evaluate models", description="Evaluate models.")
+    eval_cmds = evaluate.add_subparsers(title="eval commands", metavar="ACTION")
+    p = _add(eval_cmds, "bpc", "langadapt.eval.bpc:run_bpc",
+             "bits per character and per byte of a text under a model (comparable across tokenizers)",
+             description="Negative log-likelihood of a text, read through the language profile (records joined "
+                         "with newlines), scored with a sliding window: each window holds --context tokens and "
+                         "moves by --stride; only the tokens not scored by an earlier window count, so each "
+                         "token is scored once with at least context-stride tokens before it (except at the "
+                         "start). With a BOS token the first text token is scored after BOS. Reports bits per "
+                         "character and per UTF-8 byte (comparable across tokenizers), per-token perplexity "
+                         "(not comparable) and tokens/s.")
+    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--text", required=True, nargs="+", metavar="PATH",
+                   help="text files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz")
+    p.add_argument("--lang", default="generic", help=f"language profile: {LANGS}")
+    p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
+    p.add_argument("--max-chars", type=int, default=None, metavar="N",
+                   help="score only the first N characters of the text (after normalisation)")
+    p.add_argument("--context", type=int, default=1024, help="tokens per window")
+    p.add_argument("--stride", type=int, default=512, help="tokens the window moves by (at most --context)")
+    p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, ...)")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 
     # --- demo ---------------------------------------------------------------------
     # (demo is registered here)
+    p = _add(stages, "demo", "langadapt.demo:demo_command",
+             "a quick tour: load the embedded base model, show its facts, measure its tokenizer on the "
+             "embedded Korean sample corpus and generate a short answer")
+    p.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
+    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate")
 
     return parser
 

@@ -1,1 +1,5 @@
 """Streaming corpus reading, cleaning and statistics."""
+
+from langadapt.corpus.read import ReadStats, Record, expand_paths, iter_records, iter_texts
+
+__all__ = ["ReadStats", "Record", "expand_paths", "iter_records", "iter_texts"]

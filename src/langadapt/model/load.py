@@ -1,0 +1,192 @@
+"""Load a causal LM from anywhere (alias, `.gguf`, local dir, hub id) and describe it cheaply.
+
+`model_info` reads the config, the safetensors headers and the tokenizer; it never loads the
+weights of a local model, so it answers in about a second even for large models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from langadapt.errors import LangadaptError
+from langadapt.sources import hub_error, resolve_model_source
+
+KIND_NAMES = {"byte-level-bpe": "byte-level BPE", "sentencepiece": "SentencePiece", "other": "other"}
+
+
+def load_model(spec: str | os.PathLike, dtype: Any = None):
+    """Load a causal LM (`AutoModelForCausalLM`) from an alias, `.gguf`, local dir or hub id.
+
+    `dtype`: None keeps the dtype the checkpoint was saved in; else a torch dtype or its name
+    ("float32", "bfloat16", ...).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(spec)
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise LangadaptError(f"unknown dtype '{dtype}' (expected e.g. float32, bfloat16, float16)")
+        dtype = getattr(torch, dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype if dtype is not None else "auto")
+    except Exception as e:
+        if isinstance(source, str):
+            raise hub_error(source, e) from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LangadaptError(f"{source}: transformers could not load this model: {first}") from e
+
+
+def safetensors_shapes(model_dir: str | os.PathLike) -> dict[str, tuple[list[int], str]]:
+    """{tensor name: (shape, dtype)} from the safetensors headers of a model dir (no weights read)."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    shapes: dict[str, tuple[list[int], str]] = {}
+    for name in files:
+        try:
+            with safe_open(str(model_dir / name), framework="numpy") as f:
+                for key in f.keys():
+                    sl = f.get_slice(key)
+                    shapes[key] = (list(sl.get_shape()), str(sl.get_dtype()))
+        except Exception as e:
+            raise LangadaptError(f"{model_dir / name}: unreadable safetensors file ({e})") from e
+    return shapes
+
+
+def human_count(n: int) -> str:
+    """134515008 -> "134.5M"; 6738415616 -> "6.74B"."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def _meta_parameter_count(config) -> int:
+    """Parameter count of a model built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(spec: str | os.PathLike) -> dict:
+    """Facts about a model: architecture, parameters, vocab sizes, tokenizer kind, tied embeddings,
+    chat template, shape (hidden size, layers, heads, context length), dtype and where it came from."""
+    from transformers import AutoConfig
+
+    from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
+
+    source = resolve_model_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(str(source))
+    except Exception as e:
+        if isinstance(source, str):
+            raise hub_error(source, e) from e
+        raise LangadaptError(f"{source}/config.json: not a valid model config ({e})") from e
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tok = load_tokenizer(source)
+
+    info: dict[str, Any] = {"spec": str(spec), "loaded_from": str(source)}
+    adaptation = Path(str(source)) / "adaptation.json"
+    if adaptation.is_file():
+        record = json.loads(adaptation.read_text(encoding="utf-8"))
+        info["converted_from"] = record.get("source")
+    if isinstance(source, Path):
+        shapes = safetensors_shapes(source)
+        if not shapes:
+            raise LangadaptError(f"{source}: no *.safetensors weights found")
+        parameters = sum(_numel(shape) for shape, _ in shapes.values())
+        dtypes = Counter(dtype for _, dtype in shapes.values())
+        dtype = _DTYPE_NAMES.get(dtypes.most_common(1)[0][0], dtypes.most_common(1)[0][0])
+        has_lm_head = any(k.endswith("lm_head.weight") for k in shapes)
+        tied = bool(getattr(text, "tie_word_embeddings", False)) and not has_lm_head
+    else:
+        parameters = _meta_parameter_count(config)
+        dtype = str(getattr(config, "dtype", None) or "unknown").replace("torch.", "")
+        tied = bool(getattr(text, "tie_word_embeddings", False))
+    kind = tokenizer_kind(tok)
+    info.update(
+        architecture=(config.architectures or [type(config).__name__])[0],
+        model_type=config.model_type,
+        parameters=parameters,
+        parameters_human=human_count(parameters),
+        vocab_size=getattr(text, "vocab_size", None),
+        tokenizer_vocab_size=len(tok),
+        tokenizer_kind=kind,
+        tied_embeddings=tied,
+        chat_template=bool(getattr(tok, "chat_template", None)),
+        hidden_size=getattr(text, "hidden_size", None),
+        num_layers=getattr(text, "num_hidden_layers", None),
+        num_heads=getattr(text, "num_attention_heads", None),
+        num_kv_heads=getattr(text, "num_key_value_heads", None),
+        context_length=getattr(text, "max_position_embeddings", None),
+        dtype=dtype,
+    )
+    return info
+
+
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def format_model_info(info: dict) -> str:
+    """The facts of `model_info` as a compact, aligned text block."""
+    def yes(v: bool) -> str:
+        return "yes" if v else "no"
+
+    def num(v) -> str:
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    loaded = info["loaded_from"]
+    if info.get("converted_from"):
+        loaded += f"\n{'':18}(converted from {info['converted_from']})"
+    heads = f"{info['num_heads']} heads"
+    if info.get("num_kv_heads") and info["num_kv_heads"] != info["num_heads"]:
+        heads += f" ({info['num_kv_heads']} key/value heads)"
+    rows = [
+        ("model", info["spec"]),
+        ("loaded from", loaded),
+        ("architecture", f"{info['architecture']} ({info['model_type']})"),
+        ("parameters", f"{info['parameters_human']} ({info['parameters']:,})"),
+        ("vocab size", f"{num(info['vocab_size'])} (config), {num(info['tokenizer_vocab_size'])} (tokenizer)"),
+        ("tokenizer", KIND_NAMES.get(info["tokenizer_kind"], info["tokenizer_kind"])),
+        ("tied embeddings", yes(info["tied_embeddings"])),
+        ("chat template", yes(info["chat_template"])),
+        ("shape", f"hidden size {num(info['hidden_size'])}, {info['num_layers']} layers, {heads}"),
+        ("context length", num(info["context_length"])),
+        ("dtype", info["dtype"]),
+    ]
+    return "\n".join(f"  {name:<16}{value}" for name, value in rows)
+
+
+def info_command(args) -> int:
+    """`langadapt model info MODEL [--json]`."""
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False, indent=2))
+    else:
+        print(format_model_info(info))
+    return 0
