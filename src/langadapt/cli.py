@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=None, metavar="N",
                    help="score only the first N characters of the text (after normalisation)")
     p.add_argument("--context", type=int, default=1024, help="tokens per window")
-    p.add_argument("--stride", type=int, default=512, help="tokens the window moves by (at most --context)")
+    p.add_argument("--stride", type=int, default=512, help="tokens the window moves by (below --context)")
     p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, ...)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 

@@ -130,7 +130,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out: str | os.PathLike, overwrite
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         except Exception as e:  # transformers raises many kinds for unsupported architectures
-            raise LangadaptError(f"{gguf_path}: transformers could not load this GGUF model: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LangadaptError(f"{gguf_path}: transformers could not load this GGUF model: {first}") from e
         # The dequantised weights are plain tensors, but the model still carries the GGUF
         # quantizer, which refuses to serialise; and the GGUF config has no `architectures`.
         model.hf_quantizer = None

@@ -35,7 +35,9 @@ def load_tokenizer(spec: str | os.PathLike):
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
         if "tokenizer.json" not in names and "tokenizer.model" in names:
-            return _load_sentencepiece(path / "tokenizer.model")
+            tok = _load_sentencepiece(path / "tokenizer.model")
+            tok.chat_template = _dir_chat_template(path)
+            return tok
         if not names & set(_TOKENIZER_FILES):
             raise LangadaptError(f"{path}: no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)})")
         try:
@@ -60,7 +62,7 @@ def load_tokenizer(spec: str | os.PathLike):
 
 
 def tokenizer_kind(tok) -> str:
-    """"byte-level-bpe", "sentencepiece" or "other", read from the backend tokenizer's pipeline.
+    """Classify a tokenizer as "byte-level-bpe", "sentencepiece" or "other" from its backend pipeline.
 
     A ByteLevel pre-tokenizer or decoder means byte-level BPE (GPT-2, SmolLM2, Llama 3); a
     Unigram model, or a BPE that marks spaces with "▁" (Metaspace, or a Prepend/Replace
@@ -93,6 +95,22 @@ def sentencepiece_model_path(spec: str | os.PathLike) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- SentencePiece
+
+def _dir_chat_template(folder: Path) -> str | None:
+    """The chat template of a tokenizer folder: chat_template.jinja or tokenizer_config.json's field."""
+    import json
+
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except json.JSONDecodeError as e:
+            raise LangadaptError(f"{config}: invalid JSON ({e})") from e
+        return template if isinstance(template, str) else None
+    return None
+
 
 def _read_sentencepiece_proto(path: Path):
     """Parse a SentencePiece model file; None if it is not one."""
