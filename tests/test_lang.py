@@ -171,3 +171,10 @@ def test_tibetan_units_never_contain_separators(text):
     units = BO.units(text)
     assert BO.count_units(text) == len(units)
     assert all(u and not any(ch.isspace() or ch in "\u0f0b\u0f0c" for ch in u) for u in units)
+
+
+def test_tibetan_syllables_exclude_punctuation():
+    from langadapt.lang.tibetan import tibetan_syllables
+
+    assert len(tibetan_syllables(TIBETAN_SEED_SENTENCE)) == 13
+    assert tibetan_syllables("༄༅། །བོད་ABC 12 ཡིག།") == ["བོད", "ཡིག"]
