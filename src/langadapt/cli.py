@@ -17,6 +17,7 @@ from langadapt.errors import LangadaptError
 
 MODEL_HELP = ("a hub id, a local HF model directory, a .gguf file (converted once into $LANGADAPT_HOME, "
               "default ~/.cache/langadapt) or the alias 'smollm2-135m'")
+CORPUS_HELP = "text files, directories (read recursively), globs, .jsonl, .conllu, .csv/.tsv, .gz"
 LANGS = "bo (Tibetan), zh (Chinese), ko (Korean), en (English) or any other code (generic profile)"
 
 
@@ -31,11 +32,12 @@ def _add(sub, name: str, target: str, help: str, description: str | None = None)
     return p
 
 
-def _add_corpus_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """The arguments every command that reads a corpus shares."""
-    p.add_argument("paths", nargs="+" if required else "*", metavar="PATH",
-                   help="text files, directories (read recursively), globs, .jsonl, .conllu, .csv/.tsv, .gz")
-    p.add_argument("--lang", default="generic", help=f"language profile: {LANGS}")
+def _add_reading_args(p: argparse.ArgumentParser, lang_required: bool = False) -> None:
+    """How a corpus is read: the options every command that reads text shares."""
+    if lang_required:
+        p.add_argument("--lang", required=True, help=f"language profile: {LANGS}")
+    else:
+        p.add_argument("--lang", default="generic", help=f"language profile: {LANGS}")
     p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
     p.add_argument("--column", default=None,
                    help="column (name or 0-based index) to read from .csv/.tsv; default: the longest text column")
@@ -44,6 +46,23 @@ def _add_corpus_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "and keeps the correction of (error,correction) pairs")
     p.add_argument("--on-bad-bytes", choices=["error", "replace"], default="error",
                    help="invalid UTF-8: stop with the file and byte offset, or replace with U+FFFD and count them")
+
+
+def _add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """Positional corpus paths plus the reading options."""
+    p.add_argument("paths", nargs="+", metavar="PATH", help=CORPUS_HELP)
+    _add_reading_args(p)
+
+
+def _add_corpus_option(p: argparse.ArgumentParser, required: bool) -> None:
+    """`--corpus PATH...` plus the reading options (--lang required)."""
+    p.add_argument("--corpus", nargs="+", required=required, metavar="PATH", help=CORPUS_HELP)
+    _add_reading_args(p, lang_required=True)
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -66,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     corpus = stages.add_parser("corpus", help="read and inspect text corpora",
                                description="Read and inspect text corpora.")
     corpus_cmds = corpus.add_subparsers(title="corpus commands", metavar="ACTION")
-    # (corpus subcommands are registered here)
     p = _add(corpus_cmds, "stats", "langadapt.corpus.stats:run_stats",
              "files, records, characters, units, script share, duplicates and bad bytes of a corpus",
              description="Stream a corpus once and print what is in it: files, records, characters, counting "
@@ -79,25 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 
     # --- tokenizer ----------------------------------------------------------------
-    # (tokenizer subcommands are registered here)
     tokenizer = stages.add_parser("tokenizer", help="train, extend (merge), prune and measure tokenizers",
                                   description="Train, extend (merge), prune and measure tokenizers.")
     tokenizer_cmds = tokenizer.add_subparsers(title="tokenizer commands", metavar="ACTION")
-
-    def corpus_option(p: argparse.ArgumentParser, required: bool) -> None:
-        # --corpus instead of positional paths (merge takes either --add or --corpus); the rest as
-        # in _add_corpus_args.
-        p.add_argument("--corpus", nargs="+", required=required, metavar="PATH",
-                       help="target-language text: files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz")
-        p.add_argument("--lang", required=True, help=f"language profile: {LANGS}")
-        p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
-        p.add_argument("--column", default=None, help="column (name or 0-based index) of .csv/.tsv")
-        p.add_argument("--clean", choices=["none", "kangyur"], default="none",
-                       help="strip known markup ('kangyur': Derge Kangyur folio marks and corrections)")
-        p.add_argument("--on-bad-bytes", choices=["error", "replace"], default="error",
-                       help="invalid UTF-8: stop with the file and byte offset, or replace with U+FFFD")
-        p.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     p = _add(tokenizer_cmds, "train", "langadapt.tokenizer.train:run",
              "train a SentencePiece model (BPE or unigram) on target-language text",
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "flat. Defaults suit a donor for `tokenizer merge`: identity normalisation, split digits, "
                          "no byte fallback, character coverage 0.9995 for bo/zh/ko. Writes <out>/<name>.model, "
                          "<name>.vocab and adaptation.json.")
-    corpus_option(p, required=True)
+    _add_corpus_option(p, required=True)
+    _add_out_args(p)
     p.add_argument("--vocab-size", type=int, required=True, help="number of pieces")
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece algorithm")
     p.add_argument("--name", default=None, help="file name stem (default: <lang>-<type>-<vocab>)")
@@ -128,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, metavar="TOKENIZER",
                    help="base tokenizer: HF dir, tokenizer.model, .gguf, alias or hub id")
     p.add_argument("--add", default=None, metavar="SPM_MODEL", help="donor SentencePiece .model to merge")
-    corpus_option(p, required=False)
+    _add_corpus_option(p, required=False)
+    _add_out_args(p)
     p.add_argument("--vocab-size", type=int, default=None,
                    help="with --corpus: donor vocabulary (SentencePiece base) or new tokens (byte-level base)")
     p.add_argument("--compat", choices=["chinese-llama"], default=None,
                    help="reproduce the Chinese-LLaMA recipe exactly (score 0, every missing piece)")
     p.add_argument("--sample-sentences", type=int, default=None,
                    help="with --corpus (SentencePiece base): sentences the donor trainer keeps (default 2,000,000)")
-    # (tokenizer prune / tokenizer report are registered below by their own helpers)
     p = _add(tokenizer_cmds, "prune", "langadapt.tokenizer.prune:run_prune",
              "keep only the tokens a corpus of the kept languages needs (LLMPruner for any fast BPE/Unigram)",
              description="Count the base tokenizer's tokens on the corpus (streamed, in batches) and keep: special/"
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "new_to_old: [old ids]}, for `model prune`), prune_report.json and adaptation.json.")
     p.add_argument("--base", required=True, metavar="TOKENIZER",
                    help="base tokenizer: HF dir, tokenizer.model, .gguf, alias or hub id")
-    corpus_option(p, required=True)
+    _add_corpus_option(p, required=True)
+    _add_out_args(p)
     p.add_argument("--min-count", type=int, default=1, metavar="K", help="keep tokens used at least K times")
 
     p = _add(tokenizer_cmds, "report", "langadapt.tokenizer.report:run_report",
@@ -164,22 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", default=None,
                    help="display name of the tokenizer at the same position (default: its basename)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--corpus", nargs="+", metavar="PATH",
-                        help="files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz")
+    source.add_argument("--corpus", nargs="+", metavar="PATH", help=CORPUS_HELP)
     source.add_argument("--text", default=None, help="one text instead of a corpus: also prints the pieces")
-    p.add_argument("--lang", required=True, help=f"language profile: {LANGS}")
-    p.add_argument("--field", default="text", help="JSON field to read from .jsonl/.json records")
-    p.add_argument("--column", default=None, help="column (name or 0-based index) of .csv/.tsv")
-    p.add_argument("--clean", choices=["none", "kangyur"], default="none",
-                   help="strip known markup ('kangyur': Derge Kangyur folio marks and corrections)")
-    p.add_argument("--on-bad-bytes", choices=["error", "replace"], default="error",
-                   help="invalid UTF-8: stop with the file and byte offset, or replace with U+FFFD")
+    _add_reading_args(p, lang_required=True)
     p.add_argument("--max-chars", type=int, default=None, metavar="N", help="read at most N characters of the corpus")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw tokens per unit as a bar chart PNG")
 
     # --- model --------------------------------------------------------------------
-    # (model subcommands are registered here)
     model = stages.add_parser("model", help="load and inspect models",
                               description="Load and inspect models. " + MODEL_HELP)
     model_cmds = model.add_subparsers(title="model commands", metavar="ACTION")
@@ -188,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
              "chat template, shape, dtype (reads config and safetensors headers, not the weights)")
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
-    # model extend / model prune (langadapt.model.extend, langadapt.model.prune)
     p = _add(model_cmds, "extend", "langadapt.model.extend:run_extend",
              "resize a model's embeddings and LM head for an extended tokenizer and initialise the new rows",
              description="Check that TOKENIZER extends the base model's own tokenizer (same strings at the same "
@@ -203,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
                    help="pad the vocabulary to a multiple of N rows (padding rows get the mean of all base rows)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inits")
-    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_out_args(p)
     p = _add(model_cmds, "prune", "langadapt.model.prune:run_prune",
              "keep only the embedding and LM-head rows of a pruned tokenizer's tokens",
              description="Slice the embedding and LM-head rows with the id_map.json written by `tokenizer prune`, "
@@ -212,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "prints the parameters before and after.")
     p.add_argument("--base", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="the pruned tokenizer (with id_map.json)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_out_args(p)
 
     # --- eval ---------------------------------------------------------------------
     evaluate = stages.add_parser("eval", help="evaluate models", description="Evaluate models.")
@@ -240,7 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 
     # --- demo ---------------------------------------------------------------------
-    # (demo is registered here)
     p = _add(stages, "demo", "langadapt.demo:demo_command",
              "a quick tour: load the embedded base model, show its facts, measure its tokenizer on the "
              "embedded Korean sample corpus and generate a short answer")
