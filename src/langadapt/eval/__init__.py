@@ -1,0 +1,1 @@
+"""Evaluation: text likelihood in bits per character (comparable across tokenizers), and more."""

@@ -1,0 +1,253 @@
+"""Extend a model's vocabulary to match an extended tokenizer and initialise the new rows.
+
+The tokenizer must *extend* the model's own: every id the base tokenizer has keeps the same
+string, new tokens come after. The embedding matrix and the LM head are resized with
+transformers' `resize_token_embeddings` (tied weights stay tied, untied stay untied), then
+the new rows are written according to `init`:
+
+- `mean` (default): a new token's row is the mean of the base rows of the pieces the *base*
+  tokenizer makes of that token's bytes (input rows from the input embedding, output rows
+  from the LM head, separately). Old rows are untouched, so logits over the old vocabulary
+  do not change.
+- `random`: rows drawn from N(0, initializer_range), as transformers does with `mean_resizing=False`.
+- `hf-default`: transformers' default `mean_resizing=True` (a Gaussian with the old rows'
+  mean and 1e-9 times their covariance, i.e. practically the mean of all rows).
+
+Rows added only to reach `pad_to_multiple_of` (no token in the tokenizer) get the mean of
+all base rows, whatever `init` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from langadapt.errors import LangadaptError
+
+INIT_METHODS = ("mean", "random", "hf-default")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def token_strings(tokenizer) -> list:
+    """The string of every id of `tokenizer`, added tokens included (None for an unused id)."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
+def check_extends(base_tokenizer, new_tokenizer, name: str = "tokenizer") -> int:
+    """Raise unless `new_tokenizer` keeps every base id with the same string; return the base size."""
+    old, new = token_strings(base_tokenizer), token_strings(new_tokenizer)
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            raise LangadaptError(f"{name} does not extend the model's tokenizer: id {i} is {a!r} in the base "
+                                 f"but {b!r} in {name} (an extended tokenizer must keep every base id and "
+                                 "add new tokens after them)")
+    if len(new) < len(old):
+        raise LangadaptError(f"{name} has {len(new)} tokens, fewer than the model's {len(old)} (ids "
+                             f"{len(new)}..{len(old) - 1} are missing); to shrink a model use `langadapt model prune` "
+                             "with a pruned tokenizer")
+    return len(old)
+
+
+def check_resizable(model) -> tuple[torch.nn.Embedding, torch.nn.Module]:
+    """Return (input embedding, LM head), raising a clear error when the model has no resizable pair."""
+    arch = type(model).__name__
+    try:
+        emb = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+    except (NotImplementedError, AttributeError) as e:
+        raise LangadaptError(f"{arch} does not expose its token embeddings, so its vocabulary cannot be "
+                             f"resized ({e})") from e
+    if not isinstance(emb, torch.nn.Embedding):
+        raise LangadaptError(f"{arch}: input embeddings are {type(emb).__name__}, not a torch Embedding; "
+                             "its vocabulary cannot be resized")
+    if head is None or not isinstance(head, (torch.nn.Linear, torch.nn.Embedding)):
+        raise LangadaptError(f"{arch} has no LM head (output embeddings); load it as a causal language model")
+    if head.weight.shape[0] != emb.weight.shape[0]:
+        raise LangadaptError(f"{arch}: input embeddings have {emb.weight.shape[0]} rows but the LM head has "
+                             f"{head.weight.shape[0]}; cannot resize them together")
+    return emb, head
+
+
+def is_tied(model) -> bool:
+    """True when the model's LM head shares its weight tensor with the input embedding."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def tokenizer_hash(path: str | Path) -> str | None:
+    """sha256 over the tokenizer files present in a tokenizer directory (None if it is not a directory)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- mean init
+
+def base_pieces(base_tokenizer, new_tokenizer, token_id: int) -> list[int]:
+    """Base-tokenizer ids for the text of new token `token_id`.
+
+    A regular vocabulary entry is run through the base tokenizer's own model (BPE, Unigram...)
+    on its raw piece string: a byte-level piece may hold half a UTF-8 character, which decoding
+    would turn into U+FFFD and tokenise wrongly. Added tokens, and tokenizers without a fast
+    backend, are decoded to text and encoded with `add_special_tokens=False`.
+    """
+    piece = new_tokenizer.convert_ids_to_tokens(token_id)
+    added = token_id in getattr(new_tokenizer, "added_tokens_decoder", {})
+    backend = getattr(base_tokenizer, "backend_tokenizer", None)
+    if backend is not None and not added:
+        ids = [t.id for t in backend.model.tokenize(piece)]
+        if ids:
+            return ids
+    text = piece if added else new_tokenizer.convert_tokens_to_string([piece])
+    return base_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def mean_rows(weight: torch.Tensor, groups: list[list[int]], fallback: torch.Tensor) -> torch.Tensor:
+    """One row per group: the fp32 mean of `weight[group]`, or `fallback` for an empty group."""
+    out = torch.empty(len(groups), weight.shape[1], dtype=torch.float32)
+    for i, ids in enumerate(groups):
+        out[i] = weight[ids].float().mean(0) if ids else fallback
+    return out
+
+
+# ----------------------------------------------------------------------------- surgery
+
+def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
+                 pad_to_multiple_of: int | None = None, seed: int = 0) -> dict:
+    """Resize `model` in place for `new_tokenizer` and initialise the new rows; return a report.
+
+    The report holds old/new vocab sizes, tied, init, the number of new tokens, padding rows,
+    and for `mean` how many new tokens had no base pieces (they got the mean of all rows).
+    """
+    if init not in INIT_METHODS:
+        raise LangadaptError(f"unknown init '{init}'; choose one of {', '.join(INIT_METHODS)}")
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise LangadaptError(f"--pad-to-multiple-of must be a positive integer, got {pad_to_multiple_of}")
+    emb, head = check_resizable(model)
+    n_base = check_extends(base_tokenizer, new_tokenizer)
+    n_tok = len(new_tokenizer)
+    old_rows = emb.weight.shape[0]
+    if n_base > old_rows:
+        raise LangadaptError(f"the model's tokenizer has {n_base} tokens but its embedding only {old_rows} rows")
+    tied = is_tied(model)
+
+    # Base statistics, taken before resizing.
+    old_in = emb.weight.detach().float().clone()
+    old_out = old_in if tied else head.weight.detach().float().clone()
+    old_bias = None if tied or getattr(head, "bias", None) is None else head.bias.detach().float().clone()
+
+    # New tokens get ids n_base..n_tok-1; some may fall on rows the base model already had
+    # unused (its embedding padded beyond its tokenizer); those rows are re-initialised too.
+    new_ids = list(range(n_base, n_tok))
+    groups = [base_pieces(base_tokenizer, new_tokenizer, i) for i in new_ids] if init == "mean" else []
+
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(max(n_tok, old_rows), pad_to_multiple_of=pad_to_multiple_of,
+                                  mean_resizing=(init == "hf-default"))
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    new_rows = emb.weight.shape[0]
+    if is_tied(model) != tied:
+        raise LangadaptError("resizing changed whether the embeddings are tied; refusing to write a broken model")
+
+    with torch.no_grad():
+        # Means over the base tokenizer's rows only: rows beyond it (if any) were never trained.
+        in_mean, out_mean = old_in[:n_base].mean(0), old_out[:n_base].mean(0)
+        padding = list(range(max(n_tok, old_rows), new_rows))
+        if init == "mean" and new_ids:
+            emb.weight[new_ids] = mean_rows(old_in, groups, in_mean).to(emb.weight.dtype)
+            if not tied:
+                head.weight[new_ids] = mean_rows(old_out, groups, out_mean).to(head.weight.dtype)
+                if old_bias is not None:
+                    head.bias[new_ids] = torch.tensor([old_bias[g].mean() if g else old_bias.mean()
+                                                       for g in groups], dtype=head.bias.dtype)
+        elif init != "mean" and new_ids and new_ids[0] < old_rows:
+            # resize_token_embeddings keeps existing rows, so unused base rows that now hold new
+            # tokens must be drawn here the same way as the appended ones.
+            reused = list(range(new_ids[0], min(n_tok, old_rows)))
+            rows = _draw_rows(init, old_in[:n_base], len(reused), model.config)
+            emb.weight[reused] = rows.to(emb.weight.dtype)
+            if not tied:
+                rows = _draw_rows(init, old_out[:n_base], len(reused), model.config)
+                head.weight[reused] = rows.to(head.weight.dtype)
+        if padding:
+            emb.weight[padding] = in_mean.to(emb.weight.dtype)
+            if not tied:
+                head.weight[padding] = out_mean.to(head.weight.dtype)
+                if old_bias is not None:
+                    head.bias[padding] = old_bias.mean().to(head.bias.dtype)
+
+    return {
+        "init": init,
+        "tied_embeddings": tied,
+        "old_vocab_size": old_rows,
+        "base_tokenizer_size": n_base,
+        "tokenizer_size": n_tok,
+        "new_vocab_size": new_rows,
+        "new_tokens": len(new_ids),
+        "padding_rows": len(padding),
+        "padding_init": "mean of all base rows" if padding else None,
+        "pad_to_multiple_of": pad_to_multiple_of,
+        "mean_init_without_base_pieces": sum(1 for g in groups if not g) if init == "mean" else None,
+        "mean_init_pieces_per_token": round(sum(map(len, groups)) / len(groups), 3) if groups else None,
+        "seed": seed,
+    }
+
+
+def _draw_rows(init: str, old: torch.Tensor, n: int, config) -> torch.Tensor:
+    """`n` rows drawn the way transformers' resize draws appended rows for `random` / `hf-default`."""
+    if init == "random":
+        return torch.randn(n, old.shape[1]) * getattr(config, "initializer_range", 0.02)
+    # hf-default samples from N(mean, 1e-9 * covariance): the mean of the old rows, to ~1e-5.
+    return old.mean(0).expand(n, -1).clone()
+
+
+# ----------------------------------------------------------------------------- command
+
+def run_extend(args) -> int:
+    """`langadapt model extend`: write the base model resized and initialised for an extended tokenizer."""
+    import json
+
+    from langadapt.model.load import load_model
+    from langadapt.outputs import atomic_output_dir, write_adaptation_json
+    from langadapt.sources import resolve_model_source
+    from langadapt.tokenizer.load import load_tokenizer
+
+    start = time.perf_counter()
+    base_source = resolve_model_source(args.base)
+    base_tokenizer = load_tokenizer(str(base_source))
+    new_tokenizer = load_tokenizer(args.tokenizer)
+    # Check the tokenizer before loading the (larger) model, so a wrong pairing fails fast.
+    check_extends(base_tokenizer, new_tokenizer, name=str(args.tokenizer))
+    model = load_model(str(base_source))
+    params_before = sum(p.numel() for p in model.parameters())
+    report = extend_model(model, base_tokenizer, new_tokenizer, init=args.init,
+                          pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed)
+    params_after = sum(p.numel() for p in model.parameters())
+
+    with atomic_output_dir(args.out, overwrite=getattr(args, "overwrite", False)) as tmp:
+        model.save_pretrained(tmp)
+        new_tokenizer.save_pretrained(tmp)
+        tok_dir = Path(args.tokenizer)
+        if (tok_dir / "adaptation.json").is_file():  # keep the tokenizer's own history in the chain
+            shutil.copyfile(tok_dir / "adaptation.json", tmp / "adaptation.json")
+        record = write_adaptation_json(
+            tmp, "model-extend", base=str(args.base), base_source=str(base_source),
+            tokenizer=str(args.tokenizer), tokenizer_sha256=tokenizer_hash(args.tokenizer),
+            parameters_before=params_before, parameters_after=params_after,
+            seconds=round(time.perf_counter() - start, 1), **report)
+    summary = {k: record[k] for k in ("init", "tied_embeddings", "old_vocab_size", "new_vocab_size", "new_tokens",
+                                      "padding_rows", "parameters_before", "parameters_after", "seconds")}
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
