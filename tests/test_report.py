@@ -45,10 +45,10 @@ def test_exact_counts_on_a_small_text(bytes_tok_dir, tmp_path, capsys):
     assert (t["name"], t["vocab_size"], t["tokens"], t["chars"], t["units"]) == ("bytes-only", 256, 7, 4, 2)
     assert (t["tokens_per_char"], t["tokens_per_unit"], t["bytes_per_token"]) == (1.75, 3.5, 1.0)
     assert (t["byte_fallback_tokens"], t["byte_fallback_share"], t["unk_share"]) == (5, 0.7143, 0.0)
-    assert t["vocab_used"] == 7 and t["pieces"] == ["a", "Ã", "©", "Ġ", "ä", "½", "ł"]
+    assert t["vocab_used"] == 7 and t["pieces"] == ["a", "<0xC3>", "<0xA9>", "▁", "<0xE4>", "<0xBD>", "<0xA0>"]
     out = capsys.readouterr().out
     assert "| bytes-only | 256 | 7 | 4 | 2 | 1.750 | 3.500 | 1.000 | 71.4% | 0.0% | 2.7% |" in out
-    assert "| bytes-only | 7 | a Ã © Ġ ä ½ ł |" in out
+    assert "| bytes-only | 7 | a <0xC3> <0xA9> ▁ <0xE4> <0xBD> <0xA0> |" in out
     assert "tokens/s" in out
 
 
@@ -125,3 +125,17 @@ def test_bad_input_one_line_error_nothing_written(bytes_tok_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("langadapt: error:") and "nope" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+
+
+def test_byte_level_pieces_are_shown_readably(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from langadapt.tokenizer.report import readable_pieces
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    text = "the ཀ"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = readable_pieces(tok, "byte-level-bpe", ids)
+    # Whole characters read as text (space as ▁); the Tibetan letter's three bytes, which the
+    # tiny English tokenizer has no merges for, read as <0xNN>.
+    assert "".join(pieces) == "the▁<0xE0><0xBD><0x80>"

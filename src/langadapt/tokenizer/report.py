@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
 import tempfile
 import time
@@ -54,6 +55,26 @@ def byte_token_mask(tok, kind: str) -> np.ndarray:
             except UnicodeDecodeError:
                 mask[i] = True
     return mask
+
+
+def readable_pieces(tok, kind: str, ids: list[int]) -> list[str]:
+    """The pieces of `ids` as a person reads them. Byte-level BPE symbols ("à½ģ") are decoded to
+    their text, with a space shown as ▁ like SentencePiece, and bytes that are not a whole
+    character as <0xNN>; other tokenizers' pieces are shown as they are."""
+    pieces = tok.convert_ids_to_tokens(ids)
+    if kind != "byte-level-bpe":
+        return pieces
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+    readable = []
+    for piece in pieces:
+        if not all(c in byte_decoder for c in piece):
+            readable.append(piece)  # a special token
+            continue
+        text = bytes(byte_decoder[c] for c in piece).decode("utf-8", errors="backslashreplace")
+        readable.append(re.sub(r"\\x([0-9a-f]{2})", lambda m: f"<0x{m.group(1).upper()}>", text).replace(" ", "▁"))
+    return readable
 
 
 @dataclass
@@ -265,7 +286,7 @@ def run_report(args) -> int:
     if args.text is not None:
         for row, c in zip(rows, counters):
             ids = c.tok(texts[0], add_special_tokens=False)["input_ids"]
-            row["pieces"] = c.tok.convert_ids_to_tokens(ids)
+            row["pieces"] = readable_pieces(c.tok, c.kind, ids)
     report = {
         "corpus": {"paths": paths, "records": totals["records"], "chars": totals["chars"], "units": totals["units"],
                    "unit_name": profile.unit_name, "bytes": totals["bytes"], "lang": profile.code,
