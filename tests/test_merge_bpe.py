@@ -30,6 +30,7 @@ from langadapt.tokenizer.merge_bpe import (
     target_piece_tokens,
     token_bytes,
     train_target_bpe,
+    training_sentences,
 )
 from langadapt.tokenizer.pretokenize import GPT2_PATTERN, script_aware_pre_tokenizer, target_pattern
 
@@ -200,6 +201,11 @@ def test_rewritten_pre_tokenizers_split_other_text_exactly_as_before(text):
 
 
 # --- which merges may be added -----------------------------------------------------------------
+
+def test_training_sentences_cut_records_and_skip_repeats():
+    records = ["ཀ་ཁ། ག་ང། ཀ་ཁ།", "ག་ང། ཅ་ཆ།"]
+    assert list(training_sentences(records, BO)) == ["ཀ་ཁ།", "ག་ང།", "ཅ་ཆ།"]
+
 
 def test_target_specific_merges_need_a_target_lead_sequence():
     ranges = [(0x0F00, 0x0FFF)]

@@ -11,7 +11,7 @@ import sentencepiece as spm
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.lang import get_profile
-from langadapt.tokenizer.train import default_options, train_sentencepiece
+from langadapt.tokenizer.train import default_options, train_sentencepiece, unique_sentences
 
 from conftest import TIBETAN_SEED_SENTENCE
 
@@ -29,6 +29,20 @@ def test_default_options():
     assert default_options("en", 8000, "unigram")["character_coverage"] == 1.0
     with pytest.raises(LangadaptError, match="bpe"):
         default_options("bo", 100, "wordpiece")
+
+
+def test_tibetan_pieces_are_shorter_and_repeated_sentences_are_skipped():
+    assert default_options("bo", 8000)["max_sentencepiece_length"] == 12
+    assert default_options("zh", 8000)["max_sentencepiece_length"] == 16
+    counts: dict = {}
+    assert list(unique_sentences(["a", "b", "a", "c", "b"], counts)) == ["a", "b", "c"]
+    assert counts["duplicates"] == 2
+    assert list(unique_sentences(["a", "b", "a", "b"], max_remembered=1)) == ["a", "b", "b"]  # past the cap
+    text = "བཀྲ་ཤིས་བདེ་ལེགས། ཁྱོད་ཀྱི་གདོང་ནི་པད་མ་བཞིན། " * 50
+    model, facts = train_sentencepiece([text], BO, 30, "bpe", progress=False)
+    assert (facts["sentences"], facts["duplicate_sentences_skipped"]) == (100, 98)
+    _, kept = train_sentencepiece([text], BO, 30, "bpe", progress=False, dedupe=False)
+    assert (kept["sentences"], kept["duplicate_sentences_skipped"]) == (100, None)
 
 
 def test_train_command_writes_model_vocab_and_record(tmp_path, shared_data, capsys):
@@ -51,6 +65,8 @@ def test_train_command_writes_model_vocab_and_record(tmp_path, shared_data, caps
     assert len(pieces) < 40 and sp.unk_id() not in pieces
     # ASCII digits are split, as the trainer was told (no piece holds two of them)
     assert not [p for p in map(sp.id_to_piece, range(1000)) if sum(c in "0123456789" for c in p) > 1]
+    # Tibetan pieces are at most 12 characters (the ▁ word-start mark included)
+    assert max(len(sp.id_to_piece(i)) for i in range(1000)) == 12
     assert "peak memory" in capsys.readouterr().out
 
 
