@@ -1,5 +1,5 @@
 """Streaming corpus reading, cleaning and statistics."""
 
-from langadapt.corpus.read import ReadStats, Record, expand_paths, iter_records, iter_texts
+from langadapt.corpus.read import ReadStats, Record, expand_paths, iter_records, iter_texts, reading_options
 
-__all__ = ["ReadStats", "Record", "expand_paths", "iter_records", "iter_texts"]
+__all__ = ["ReadStats", "Record", "expand_paths", "iter_records", "iter_texts", "reading_options"]

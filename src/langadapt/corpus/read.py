@@ -407,6 +407,13 @@ def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = 
                              f"{'' if clean in (None, 'none') else ' after cleaning'})")
 
 
+def reading_options(args) -> dict:
+    """The `iter_texts` keyword arguments set by the CLI's shared corpus options
+    (--lang, --field, --column, --clean, --on-bad-bytes)."""
+    return {"profile": get_profile(args.lang), "field": args.field, "column": args.column,
+            "clean": args.clean, "on_bad_bytes": args.on_bad_bytes}
+
+
 def iter_texts(paths, profile: LanguageProfile | None = None, *, field: str = "text",
                column: str | int | None = None, clean: str | None = None, on_bad_bytes: str = "error",
                stats: ReadStats | None = None, progress: bool = False) -> Iterator[str]:

@@ -33,10 +33,9 @@ CHECK_RECORDS = 300  # corpus records also checked (when a corpus is given)
 
 
 def _corpus_texts(args, profile):
-    from langadapt.corpus import iter_texts
+    from langadapt.corpus import iter_texts, reading_options
 
-    return iter_texts(args.corpus, profile=profile, field=args.field, column=args.column,
-                      clean=None if args.clean == "none" else args.clean, on_bad_bytes=args.on_bad_bytes)
+    return iter_texts(args.corpus, **{**reading_options(args), "profile": profile})
 
 
 def _check_args(args) -> None:

@@ -272,7 +272,7 @@ def run_prune(args) -> int:
     """`langadapt tokenizer prune`: keep the tokens a corpus needs; write tokenizer, id map and report."""
     from tokenizers import Tokenizer
 
-    from langadapt.corpus import ReadStats, iter_texts
+    from langadapt.corpus import ReadStats, iter_texts, reading_options
     from langadapt.lang import get_profile
     from langadapt.outputs import atomic_output_dir, write_adaptation_json, write_json_atomic
     from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
@@ -293,10 +293,8 @@ def run_prune(args) -> int:
 
     profile = get_profile(args.lang)
     stats = ReadStats()
-    clean = None if args.clean == "none" else args.clean
     paths = corpus_paths(args)
-    texts = iter_texts(paths, profile=profile, field=args.field, column=args.column, clean=clean,
-                       on_bad_bytes=args.on_bad_bytes, stats=stats)
+    texts = iter_texts(paths, **reading_options(args), stats=stats)
     samples: list[str] = []
 
     def keep_samples(stream):

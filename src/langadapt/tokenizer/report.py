@@ -244,7 +244,7 @@ def tokenizer_names(specs: list[str], names: list[str] | None) -> list[str]:
 
 def run_report(args) -> int:
     """`langadapt tokenizer report`: compare tokenizers on a corpus (or one --text) of a language."""
-    from langadapt.corpus import ReadStats, iter_texts
+    from langadapt.corpus import ReadStats, iter_texts, reading_options
     from langadapt.lang import get_profile
     from langadapt.outputs import write_json_atomic
     from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
@@ -272,9 +272,7 @@ def run_report(args) -> int:
         texts: Iterable[str] = [text]
         paths: list[str] = []
     else:
-        clean = None if args.clean == "none" else args.clean
-        texts = iter_texts(args.corpus, profile=profile, field=args.field, column=args.column, clean=clean,
-                           on_bad_bytes=args.on_bad_bytes, stats=stats)
+        texts = iter_texts(args.corpus, **reading_options(args), stats=stats)
         paths = [str(p) for p in args.corpus]
     start = time.perf_counter()
     totals = measure(counters, texts, profile, max_chars=args.max_chars)

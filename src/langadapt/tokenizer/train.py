@@ -207,15 +207,13 @@ def write_model_dir(out_dir: Path, name: str, model_bytes: bytes) -> Path:
 
 def run(args) -> int:
     """CLI handler of `langadapt tokenizer train`."""
-    from langadapt.corpus import iter_texts, ReadStats
+    from langadapt.corpus import ReadStats, iter_texts, reading_options
     from langadapt.lang import get_profile
     from langadapt.outputs import atomic_output_dir, file_sha256, write_adaptation_json
 
     profile = get_profile(args.lang)
     stats = ReadStats()
-    texts = iter_texts(args.corpus, profile=profile, field=args.field, column=args.column,
-                       clean=None if args.clean == "none" else args.clean, on_bad_bytes=args.on_bad_bytes,
-                       stats=stats)
+    texts = iter_texts(args.corpus, **reading_options(args), stats=stats)
     overrides = {}
     if args.sample_sentences is not None:
         overrides["input_sentence_size"] = args.sample_sentences
