@@ -210,7 +210,7 @@ def test_tibet_times_counts(shared_data):
 def test_corpus_stats_on_tibet_times(shared_data):
     s = corpus_stats([shared_data / "bo/news-tibettimes-2016"], BO)
     assert (s["files"], s["records"], s["characters"]) == (695, 1429, 2_573_915)
-    assert s["units"] == 677_390 and s["unit_name"] == "syllables"
+    assert s["units"] == 677_390 and s["unit_name"] == "syllables+shads"
     assert s["duplicate_records"] == 9
     assert s["other_script_records"] == 0 and s["bad_bytes_replaced"] == 0
     assert 0.98 < s["target_script_share"] < 1.0
@@ -262,7 +262,7 @@ def test_cli_stats_prints_table_and_json(tmp_path, capsys):
     assert main(["corpus", "stats", str(f), "--lang", "bo", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^records\s+3$", printed, re.M)
-    assert re.search(r"^syllables\s+34$", printed, re.M)
+    assert re.search(r"^syllables\+shads\s+34$", printed, re.M)
     assert re.search(r"^duplicate records\s+1 \(33\.3%\)$", printed, re.M)
     assert "warning: 33.3% of records are mostly not in the bo script (e.g. in " in printed
     s = json.loads(out.read_text(encoding="utf-8"))
@@ -295,4 +295,4 @@ def test_cli_stats_with_tokenizer(shared_data, tmp_path, capsys):
     # SOURCES.md: Llama-2 encodes the seed sentence into 81 tokens
     assert (s["tokens"], s["units"], s["characters"]) == (81, 16, 54)
     assert s["tokens_per_unit"] == pytest.approx(81 / 16)
-    assert re.search(r"^tokens per unit \(syllables\)\s+5\.062$", capsys.readouterr().out, re.M)
+    assert re.search(r"^tokens per unit \(syllables\+shads\)\s+5\.062$", capsys.readouterr().out, re.M)

@@ -25,7 +25,7 @@ def test_seed_sentence_has_16_units():
         "ཁྱོད", "ཀྱི", "གདོང", "ནི", "པད", "མ", "བཞིན", "།", "།",
         "མིག", "དག", "ཨུཏྤལ", "སྔོན", "པོ", "བཞིན", "།",
     ]
-    assert BO.unit_name == "syllables"
+    assert BO.unit_name == "syllables+shads"
 
 
 def test_tibetan_units_split_on_whitespace_and_both_tshegs():

@@ -2,7 +2,7 @@
 
 | code | script ranges | normalisation | unit | sentence ends |
 |---|---|---|---|---|
-| bo | Tibetan U+0F00-U+0FFF | NFC + Tibetan fixes (see `tibetan.py`) | syllables (+ each shad) | ། ༎ ... and the ones below |
+| bo | Tibetan U+0F00-U+0FFF | NFC + Tibetan fixes (see `tibetan.py`) | syllables + each shad (`tibetan.tibetan_syllables` counts syllables alone) | ། ༎ ... and the ones below |
 | zh | Han ideographs, radicals, 〆〇 | NFC | characters: each Han character; each run of other letters/digits (a Latin word, a number) counts as one; punctuation and spaces do not count | 。！？ and Latin . ! ? |
 | ko | Hangul syllables and jamo | NFC | whitespace words (eojeol) | Latin . ! ? and CJK |
 | en | Latin letters | NFC | whitespace words | . ! ? |
@@ -34,7 +34,7 @@ class LanguageProfile:
 
     code: str
     name: str
-    unit_name: str  # "syllables" | "characters" | "words"
+    unit_name: str  # "syllables+shads" | "characters" | "words"
     script_ranges: Ranges  # inclusive code point ranges; empty = any letter is "target"
     normalize_fn: Callable[[str], str] = field(repr=False)
     units_fn: Callable[[str], list[str]] = field(repr=False)
@@ -172,7 +172,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 PROFILES: dict[str, LanguageProfile] = {
-    "bo": LanguageProfile("bo", "Tibetan", "syllables", TIBETAN, normalize_tibetan, tibetan_units),
+    "bo": LanguageProfile("bo", "Tibetan", "syllables+shads", TIBETAN, normalize_tibetan, tibetan_units),
     "zh": LanguageProfile("zh", "Chinese", "characters", HAN, _nfc, chinese_units),
     "ko": LanguageProfile("ko", "Korean", "words", HANGUL, _nfc, _words),
     "en": LanguageProfile("en", "English", "words", LATIN, _nfc, _words),

@@ -205,7 +205,7 @@ def write_plot(rows: list[dict], unit_name: str, lang_name: str, path: Path) -> 
 
 
 def _singular(unit_name: str) -> str:
-    return unit_name[:-1] if unit_name.endswith("s") else unit_name
+    return "+".join(u[:-1] if u.endswith("s") else u for u in unit_name.split("+"))
 
 
 def _escape(s: str) -> str:
