@@ -208,6 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="the pruned tokenizer (with id_map.json)")
     _add_out_args(p)
 
+    # --- train (pretrain, merge) ----------------------------------------------------
+    from langadapt.train.recipe import add_recipe_args  # torch-free
+
+    p = _add(stages, "pretrain", "langadapt.train.pretrain:run_pretrain",
+             "continued pretraining on packed blocks: stage embeddings, lora or full (transformers Trainer)",
+             description="Tokenise the corpus once into a cache of packed blocks (documents joined with EOS), "
+                         "then train with transformers' Trainer: stage 'embeddings' (embeddings + LM head only), "
+                         "'lora' (LoRA on q,k,v,o,gate,up,down + embeddings + LM head) or 'full'. Every recipe key "
+                         "can be given in --config RECIPE.yaml or as --key value (the command line wins). Writes "
+                         "<out>/checkpoints, metrics.jsonl, curves.png and <out>/adapter (or <out>/model for "
+                         "stage full). --resume true continues from the newest complete checkpoint. Multi-GPU: "
+                         "accelerate launch --config_file configs/accelerate/ddp.yaml -m langadapt.train.pretrain "
+                         "--config RECIPE.yaml")
+    add_recipe_args(p)
+    p = _add(stages, "merge", "langadapt.train.merge:run_merge",
+             "fold a pretrain adapter (LoRA + trained embedding/head rows) into a full model dir",
+             description="Load the base model the adapter was trained on (or --base), resize its vocabulary to "
+                         "the adapter's if needed, merge the LoRA weights, write the trained rows and save a "
+                         "standard model dir with the tokenizer and adaptation.json. Refuses an adapter whose "
+                         "vocabulary or base model does not match.")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="an adapter dir written by `langadapt pretrain`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument("--base", default=None, metavar="MODEL", help="base model (default: the one in adaptation.json)")
+    p.add_argument("--dtype", default=None, help="save in this dtype (default: the base model's)")
+    p.add_argument("--in-memory", action="store_true",
+                   help="load the whole model and merge with peft (default for a local safetensors base: "
+                        "shard by shard, peak memory about one shard)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     # --- eval ---------------------------------------------------------------------
     evaluate = stages.add_parser("eval", help="evaluate models", description="Evaluate models.")
     eval_cmds = evaluate.add_subparsers(title="eval commands", metavar="ACTION")

@@ -1,0 +1,1 @@
+"""Continued pretraining: packed-block cache, recipes, Trainer-based training, adapters, merge."""

@@ -1,0 +1,280 @@
+"""The packed-block cache: tokenize a corpus once, then serve fixed-size blocks from disk.
+
+Layout under the cache root (default `$LANGADAPT_HOME/blocks`):
+
+    <tokenizer key>/<file key>.bin       uint32 token ids of one corpus file: every record's
+                                         tokens followed by EOS (documents joined with EOS)
+    <tokenizer key>/<file key>.hashes    uint64 hashes of the file's records (held-out checks)
+    <tokenizer key>/<file key>.json      facts about the file (records, tokens, characters)
+
+The tokenizer key is a hash of the tokenizer's full definition (vocabulary, merges, normaliser)
+and its EOS id; the file key a hash of the file's resolved path, size, mtime and the read
+options (language profile, field, column, cleaning). A file is written to a temporary name and
+renamed when complete, so an interrupted build leaves only whole files and the next run goes
+on with the files still missing (resumable); a second run with the same inputs reads no text.
+Memory stays flat: records are tokenised in batches and appended to the file as they come.
+
+Blocks are a view over the concatenation of the files in corpus order: block `i` is tokens
+`[i * block_size, (i + 1) * block_size)`, so a document's remainder carries into the next
+block instead of being dropped. Only the final tail (fewer than `block_size` tokens at the
+very end of the corpus) is left out; `BlockDataset.tail_tokens` says how many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from langadapt.errors import LangadaptError
+
+# A batch is tokenised in one call (the fast tokenizer spreads it over its threads) and then
+# appended to disk; bounding it by characters too keeps memory flat whatever the record length.
+BATCH_RECORDS = 512
+BATCH_CHARS = 200_000
+
+
+def tokenizer_key(tokenizer) -> str:
+    """A hash of everything that decides the ids a tokenizer produces, plus its EOS id."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    else:  # a slow tokenizer: its vocabulary is the best we have
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
+    h.update(f"eos={tokenizer.eos_token_id}".encode())
+    return h.hexdigest()[:20]
+
+
+def file_key(path: Path, read_options: dict) -> str:
+    """A hash of a corpus file's identity (resolved path, size, mtime) and how it is read."""
+    st = path.stat()
+    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **read_options}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def record_hash(text: str) -> int:
+    """A 64-bit hash of one normalised record (to find held-out records in the training data)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def default_cache_root() -> Path:
+    """`$LANGADAPT_HOME/blocks`."""
+    from langadapt.sources import langadapt_home
+
+    return langadapt_home() / "blocks"
+
+
+@dataclass
+class CorpusSpec:
+    """Which text to read and how (the arguments of `iter_texts`)."""
+
+    paths: list
+    lang: str = "generic"
+    field: str = "text"
+    column: str | int | None = None
+    clean: str | None = None
+
+    def read_options(self) -> dict:
+        return {"lang": self.lang, "field": self.field, "column": self.column, "clean": self.clean}
+
+    def files(self) -> list[Path]:
+        from langadapt.corpus import expand_paths
+
+        files = expand_paths(self.paths)
+        if not files:
+            raise LangadaptError(f"no readable files in {', '.join(map(str, self.paths))}")
+        return files
+
+    def records(self, path: Path):
+        from langadapt.corpus import iter_texts
+        from langadapt.lang import get_profile
+
+        return iter_texts([path], profile=get_profile(self.lang), field=self.field, column=self.column,
+                          clean=self.clean)
+
+
+def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar) -> dict:
+    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file, each through a rename."""
+    eos = tokenizer.eos_token_id
+    tmp_bin = dest.with_name(f".{dest.name}.bin.tmp-{os.getpid()}")
+    tmp_hash = dest.with_name(f".{dest.name}.hashes.tmp-{os.getpid()}")
+    records = tokens = chars = 0
+    try:
+        with open(tmp_bin, "wb") as out, open(tmp_hash, "wb") as hashes:
+            batch: list[str] = []
+
+            def flush():
+                nonlocal tokens
+                ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+                flat = np.fromiter((t for seq in ids for t in (*seq, eos)), dtype=np.uint32)
+                out.write(flat.tobytes())
+                hashes.write(np.array([record_hash(t) for t in batch], dtype=np.uint64).tobytes())
+                tokens += len(flat)
+                bar.update(sum(len(t.encode("utf-8")) + 1 for t in batch))
+                batch.clear()
+
+            try:
+                batch_chars = 0
+                for text in corpus.records(path):
+                    batch.append(text)
+                    records += 1
+                    chars += len(text)
+                    batch_chars += len(text)
+                    if len(batch) == BATCH_RECORDS or batch_chars >= BATCH_CHARS:
+                        flush()
+                        batch_chars = 0
+            except LangadaptError as e:
+                if "no text records" not in str(e):  # an empty file is fine: it adds no tokens
+                    raise
+            if batch:
+                flush()
+        meta = {"file": str(path), "records": records, "tokens": tokens, "characters": chars}
+        # The .bin is renamed last: its presence means the file is complete.
+        tmp_hash.replace(dest.with_suffix(".hashes"))
+        dest.with_suffix(".json").write_text(json.dumps(meta) + "\n")
+        tmp_bin.replace(dest.with_suffix(".bin"))
+        return meta
+    finally:
+        tmp_bin.unlink(missing_ok=True)
+        tmp_hash.unlink(missing_ok=True)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+
+def _tokenize_files(tokenizer, corpus: CorpusSpec, jobs: list[tuple[Path, Path]]) -> int:
+    """Worker: tokenise a group of files; return their total size in bytes (for the progress bar)."""
+    for path, dest in jobs:
+        _tokenize_file(tokenizer, corpus, path, dest, _NoBar())
+    return sum(p.stat().st_size for p, _ in jobs)
+
+
+def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLike | None = None,
+                      progress: bool = True, workers: int = 1) -> list[Path]:
+    """Tokenise every corpus file not yet in the cache; return the `.bin` files in corpus order.
+
+    With `workers` > 1 and several files to do, groups of files are tokenised in parallel
+    processes (each file still written whole or not at all). The default, 1, relies on the fast
+    tokenizer's own threads over each batch: on 2 cores that was 3.5x faster than 2 processes
+    (7.6 MB of Tibetan news in 695 files: 3.6 s vs 12.6 s, the processes' start-up dominating).
+    """
+    from tqdm import tqdm
+
+    if tokenizer.eos_token_id is None:
+        raise LangadaptError("the tokenizer has no EOS token; packing needs one to separate documents")
+    root = Path(cache_root) if cache_root else default_cache_root()
+    folder = root / tokenizer_key(tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = corpus.files()
+    dests = [folder / file_key(p, corpus.read_options()) for p in files]
+    todo = [(p, d) for p, d in zip(files, dests) if not d.with_suffix(".bin").is_file()]
+    workers = max(1, min(workers, len(todo)))
+    if todo:
+        total = sum(p.stat().st_size for p, _ in todo)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {len(todo)} file(s)",
+                  file=sys.stderr, disable=not progress) as bar:
+            if workers <= 1:
+                for path, dest in todo:
+                    _tokenize_file(tokenizer, corpus, path, dest, bar)
+            else:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor, as_completed
+
+                # Small groups keep the bar moving and the work balanced; each group pickles
+                # the tokenizer once. Workers do not use the tokenizer's own threads.
+                size = max(1, min(16, len(todo) // (workers * 4)))
+                groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    for done in as_completed([pool.submit(_tokenize_files, tokenizer, corpus, g) for g in groups]):
+                        bar.update(done.result())
+    return [d.with_suffix(".bin") for d in dests]
+
+
+class BlockDataset:
+    """Fixed-size blocks over memory-mapped token files; item `i` is {input_ids, labels}."""
+
+    def __init__(self, bin_files: list[Path], block_size: int):
+        if block_size < 2:
+            raise LangadaptError(f"block_size must be at least 2 tokens, got {block_size}")
+        self.block_size = block_size
+        self.files = [Path(f) for f in bin_files]
+        self.arrays = [np.memmap(f, dtype=np.uint32, mode="r") if f.stat().st_size else np.zeros(0, np.uint32)
+                       for f in self.files]
+        lengths = [len(a) for a in self.arrays]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.total_tokens = int(self.offsets[-1])
+        self.n_blocks = self.total_tokens // block_size
+        self.tail_tokens = self.total_tokens - self.n_blocks * block_size
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the concatenated corpus."""
+        parts = []
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            a, base = self.arrays[i], self.offsets[i]
+            take = min(stop, base + len(a)) - start
+            if take > 0:
+                parts.append(a[start - base:start - base + take])
+                start += take
+            i += 1
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        if not 0 <= i < self.n_blocks:
+            raise IndexError(i)
+        ids = torch.from_numpy(self.tokens(i * self.block_size, (i + 1) * self.block_size).astype(np.int64))
+        return {"input_ids": ids, "labels": ids.clone()}
+
+    def record_hashes(self) -> np.ndarray:
+        """Hashes of every training record (read from the cache)."""
+        arrays = [np.fromfile(f.with_suffix(".hashes"), dtype=np.uint64) for f in self.files]
+        return np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
+
+    def facts(self) -> dict:
+        """Records, characters and tokens of the corpus, blocks and the tail left out."""
+        metas = [json.loads(f.with_suffix(".json").read_text()) for f in self.files]
+        return {"files": len(metas), "records": sum(m["records"] for m in metas),
+                "characters": sum(m["characters"] for m in metas), "tokens": self.total_tokens,
+                "block_size": self.block_size, "blocks": self.n_blocks, "tail_tokens": self.tail_tokens}
+
+
+def load_blocks(tokenizer, corpus: CorpusSpec, block_size: int, cache_root=None, progress: bool = True,
+                workers: int = 1) -> BlockDataset:
+    """Build (or reuse) the token cache of `corpus` and return its blocks; error if not one block fits."""
+    data = BlockDataset(build_token_cache(tokenizer, corpus, cache_root, progress=progress, workers=workers),
+                        block_size)
+    if data.n_blocks == 0:
+        raise LangadaptError(f"the corpus {', '.join(map(str, corpus.paths))} has {data.total_tokens} tokens, "
+                             f"fewer than one block of {block_size}; add text or lower block_size")
+    return data
+
+
+def check_heldout(train: BlockDataset, heldout_files: list[Path], heldout_records: list[str]) -> None:
+    """Raise if a held-out file is a training file or a held-out record also appears in training."""
+    train_files = {Path(json.loads(f.with_suffix(".json").read_text())["file"]).resolve() for f in train.files}
+    for f in heldout_files:
+        if f.resolve() in train_files:
+            raise LangadaptError(f"held-out file {f} is also in the training corpus; held-out text must stay "
+                                 "out of training")
+    if not heldout_records:
+        return
+    held = np.array([record_hash(r) for r in heldout_records], dtype=np.uint64)
+    overlap = np.isin(held, train.record_hashes())
+    if overlap.any():
+        first = heldout_records[int(np.argmax(overlap))]
+        raise LangadaptError(f"{int(overlap.sum())} of {len(held)} held-out records also appear in the training "
+                             f"corpus (first: {first[:60]!r}); remove them from one side")

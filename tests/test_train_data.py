@@ -1,0 +1,119 @@
+"""The packed-block cache: exact packing, reuse, resumability, held-out checks, bad input."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from langadapt.errors import LangadaptError
+from langadapt.train.data import (BlockDataset, CorpusSpec, build_token_cache, check_heldout, file_key,
+                                  load_blocks, tokenizer_key)
+from train_fixtures import make_corpus
+
+
+@pytest.fixture()
+def tok(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def _expected_stream(tok, records: list[str]) -> list[int]:
+    out = []
+    for r in records:
+        out += tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return out
+
+
+def test_blocks_are_the_eos_joined_stream_cut_in_order(tok, tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("The quick brown fox.\n\n  \nA language model predicts the next token.\n", encoding="utf-8")
+    b = tmp_path / "b.jsonl"
+    b.write_text('{"text": "모든 국민은 법 앞에 평등하다."}\n{"text": "Paris is the capital."}\n', encoding="utf-8")
+    data = load_blocks(tok, CorpusSpec([a, b]), block_size=7, cache_root=tmp_path / "cache", progress=False)
+    stream = _expected_stream(tok, ["The quick brown fox.", "A language model predicts the next token.",
+                                    "모든 국민은 법 앞에 평등하다.", "Paris is the capital."])
+    assert data.total_tokens == len(stream)
+    assert len(data) == len(stream) // 7 and data.tail_tokens == len(stream) % 7
+    got = [t for i in range(len(data)) for t in data[i]["input_ids"].tolist()]
+    assert got == stream[:len(data) * 7]  # remainders carry over, across documents and files
+    assert data[0]["labels"].tolist() == data[0]["input_ids"].tolist()
+    assert stream.count(tok.eos_token_id) == 4
+    facts = data.facts()
+    assert (facts["files"], facts["records"], facts["blocks"]) == (2, 4, len(stream) // 7)
+    with pytest.raises(IndexError):
+        data[len(data)]
+
+
+def test_second_run_reuses_the_cache_and_block_size_is_a_view(tok, tmp_path):
+    corpus = CorpusSpec([make_corpus(tmp_path / "c.txt", 300)])
+    start = time.perf_counter()
+    first = build_token_cache(tok, corpus, tmp_path / "cache", progress=False)
+    build_s = time.perf_counter() - start
+    mtime = first[0].stat().st_mtime_ns
+    start = time.perf_counter()
+    again = build_token_cache(tok, corpus, tmp_path / "cache", progress=False)
+    assert again == first and first[0].stat().st_mtime_ns == mtime
+    assert time.perf_counter() - start < max(0.5, build_s)
+    b64, b32 = BlockDataset(first, 64), BlockDataset(first, 32)
+    assert b64[3]["input_ids"].tolist() == b32[6]["input_ids"].tolist() + b32[7]["input_ids"].tolist()
+
+
+def test_interrupted_build_resumes_with_the_missing_files_only(tok, tmp_path):
+    f1, f2 = make_corpus(tmp_path / "1.txt", 50, seed=1), make_corpus(tmp_path / "2.txt", 50, seed=2)
+    corpus = CorpusSpec([f1, f2])
+    bins = build_token_cache(tok, corpus, tmp_path / "cache", progress=False)
+    whole = BlockDataset(bins, 16)[5]["input_ids"].tolist()
+    # An interruption while writing file 2: its .bin never got renamed, a temp file is left.
+    bins[1].rename(bins[1].with_name(f".{bins[1].stem}.bin.tmp-999"))
+    kept_mtime = bins[0].stat().st_mtime_ns
+    again = build_token_cache(tok, corpus, tmp_path / "cache", progress=False)
+    assert again == bins and bins[1].is_file() and bins[0].stat().st_mtime_ns == kept_mtime
+    assert BlockDataset(again, 16)[5]["input_ids"].tolist() == whole
+
+
+def test_cache_keys_follow_tokenizer_file_and_read_options(tok, tiny_tokenizer_dir, tmp_path):
+    f = make_corpus(tmp_path / "c.txt", 5)
+    key = file_key(f, CorpusSpec([f]).read_options())
+    assert key != file_key(f, CorpusSpec([f], lang="ko").read_options())
+    os.utime(f, ns=(1, 1))
+    assert key != file_key(f, CorpusSpec([f]).read_options())
+    other = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    assert tokenizer_key(other) == tokenizer_key(tok)
+    other.add_tokens(["대한민국"])
+    assert tokenizer_key(other) != tokenizer_key(tok)
+
+
+def test_corpus_smaller_than_one_block_is_an_error(tok, tmp_path):
+    f = tmp_path / "small.txt"
+    f.write_text("The quick brown fox.\n", encoding="utf-8")
+    with pytest.raises(LangadaptError, match=r"fewer than one block of 512"):
+        load_blocks(tok, CorpusSpec([f]), 512, tmp_path / "cache", progress=False)
+
+
+def test_heldout_overlap_is_an_error(tok, tmp_path):
+    f = make_corpus(tmp_path / "train.txt", 40)
+    data = load_blocks(tok, CorpusSpec([f]), 16, tmp_path / "cache", progress=False)
+    with pytest.raises(LangadaptError, match="also in the training corpus"):
+        check_heldout(data, [f], [])
+    line = f.read_text(encoding="utf-8").splitlines()[7]
+    with pytest.raises(LangadaptError, match=r"1 of 2 held-out records also appear"):
+        check_heldout(data, [tmp_path / "held.txt"], ["an unseen sentence", line])
+    check_heldout(data, [tmp_path / "held.txt"], ["an unseen sentence"])
+
+
+def test_memory_stays_flat_tokens_are_memory_mapped(tok, tmp_path):
+    data = load_blocks(tok, CorpusSpec([make_corpus(tmp_path / "c.txt", 100)]), 16, tmp_path / "cache",
+                       progress=False)
+    assert all(isinstance(a, np.memmap) for a in data.arrays)
+
+
+def test_parallel_workers_write_the_same_cache(tok, tmp_path):
+    files = [make_corpus(tmp_path / f"{i}.txt", 20, seed=i) for i in range(4)]
+    one = build_token_cache(tok, CorpusSpec(files), tmp_path / "c1", progress=False, workers=1)
+    two = build_token_cache(tok, CorpusSpec(files), tmp_path / "c2", progress=False, workers=2)
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two):
+        assert a.read_bytes() == b.read_bytes() and a.with_suffix(".hashes").read_bytes() == b.with_suffix(".hashes").read_bytes()
