@@ -76,6 +76,10 @@ def test_logs_metrics_heldout_bpc_and_curves(lora_run):
     assert summary["heldout_bpc"] == evals[-1]["eval_bpc"] and 0 < evals[-1]["eval_bpc"] < 20
     assert all(r["wall_s"] >= 0 for r in rows)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert (out / "checkpoints" / "checkpoint-4" / "trained_rows.safetensors").is_file()
 
@@ -246,3 +250,31 @@ def test_smollm2_lora_step_adapter_and_merge(train_corpus, tmp_path):
     ids = torch.tensor([[1, 504, 3458, 314, 260, 3616, 282, 4649, 30]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+
+
+def test_wall_clock_stop_counts_training_time_only(monkeypatch):
+    from transformers import TrainerControl
+
+    from langadapt.train import pretrain as pt
+
+    clock = iter([0.0, 20.0, 40.0, 100.0, 110.0, 125.0])
+    monkeypatch.setattr(pt.time, "time", lambda: next(clock))
+    stop, control = pt.WallClockStop(1.0), TrainerControl()  # 60 s
+    stop.on_train_begin(None, None, control)          # t=0
+    stop.on_step_end(None, None, control)             # t=20: 20 s used
+    assert stop.used_s == 20.0 and not control.should_training_stop
+    stop.on_step_end(None, None, control)             # t=40: 40 s
+    stop.on_evaluate(None, None, control)             # t=100: 60 s of evaluation, not counted
+    stop.on_step_end(None, None, control)             # t=110: 50 s
+    assert stop.used_s == 50.0 and not control.should_training_stop
+    stop.on_step_end(None, None, control)             # t=125: 65 s >= 60 s
+    assert stop.used_s == 65.0 and control.should_training_stop
+
+
+def test_max_minutes_stops_a_run_early(extended_tiny_dir, train_corpus, tmp_path):
+    summary, _ = pretrain(_recipe(extended_tiny_dir, train_corpus, tmp_path / "run", max_steps=6,
+                                  max_minutes=1e-9, eval_steps=0))
+    assert summary["steps"] == 1 and summary["stopped_by_max_minutes"] is True
+    assert (tmp_path / "run" / "adapter" / "trained_rows.safetensors").is_file()
+    with pytest.raises(LangadaptError, match="max_minutes must be 0"):
+        _recipe(extended_tiny_dir, train_corpus, tmp_path / "r2", max_minutes=-1)

@@ -12,9 +12,9 @@ weight decay, so only the rows of the tokens `model extend` added move (Adam's u
 whose gradient was always zero is exactly zero). Tied embeddings are one tensor and train once.
 
 The run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
-everything in it is written), `metrics.jsonl`, `curves.png` and the result: `adapter/` (LoRA
-via peft + `trained_rows.safetensors` + tokenizer + `adaptation.json`; merge it with
-`langadapt merge`) or, for stage `full`, `model/` (a full model dir).
+everything in it is written), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
+`adapter/` (LoRA via peft + `trained_rows.safetensors` + tokenizer + `adaptation.json`; merge it
+with `langadapt merge`) or, for stage `full`, `model/` (a full model dir).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 
 from langadapt.errors import LangadaptError
 from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows, save_rows
@@ -128,12 +129,14 @@ class PretrainTrainer(Trainer):
         model = self.model
         was_training = model.training
         model.eval()
+        started = time.time()
         result = bpc_of_text(model, self.processing_class, self.heldout_text, context=self.block_size,
                              stride=max(1, self.block_size // 2), progress=False)
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_bpc": result["bits_per_char"],
                    f"{metric_key_prefix}_bits_per_byte": result["bits_per_byte"],
-                   f"{metric_key_prefix}_nll_per_token": round(result["nll_nats"] / max(result["tokens_scored"], 1), 5)}
+                   f"{metric_key_prefix}_nll_per_token": round(result["nll_nats"] / max(result["tokens_scored"], 1), 5),
+                   f"{metric_key_prefix}_seconds": round(time.time() - started, 2)}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -156,6 +159,30 @@ class RunLog(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (folder / COMPLETE_MARK).write_text(json.dumps({"step": state.global_step}) + "\n")
+
+
+class WallClockStop(TrainerCallback):
+    """Stops training after `minutes` of training time; time spent in held-out evaluation and
+    checkpoint saving is not counted (the clock restarts after each)."""
+
+    def __init__(self, minutes: float):
+        self.budget_s, self.used_s, self.mark = minutes * 60, 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.time()
+        self.used_s += now - (self.mark if self.mark is not None else now)
+        self.mark = now
+        if self.used_s >= self.budget_s:
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.time()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark = time.time()
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -213,8 +240,6 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
 
 def training_arguments(recipe: Recipe, checkpoints: Path, has_heldout: bool) -> TrainingArguments:
     """The TrainingArguments of a recipe: fp32 on CPU, bf16 on GPU (precision auto)."""
-    import importlib.util
-
     cuda = torch.cuda.is_available()
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and cuda)
     if bf16 and not cuda:
@@ -242,7 +267,7 @@ def training_arguments(recipe: Recipe, checkpoints: Path, has_heldout: bool) -> 
         use_cpu=not cuda,
         activation_checkpointing=recipe.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+        report_to="none",  # TensorBoard is added as a callback, to write beside metrics.jsonl
         dataloader_num_workers=recipe.dataloader_workers,
         disable_tqdm=not recipe.progress,
         remove_unused_columns=False,
@@ -333,9 +358,15 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     args = training_arguments(recipe, checkpoints, bool(heldout_text))
     # The "eval dataset" is the held-out text itself: `PretrainTrainer.evaluate` scores it with the
     # sliding window (bits per char), which is comparable across tokenizers, unlike eval loss.
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(out / "tensorboard")  # not under checkpoints/, where it would look like one
+    callbacks = [RunLog(out / METRICS_FILE, wall_offset), tensorboard]
+    if recipe.max_minutes:
+        callbacks.append(WallClockStop(recipe.max_minutes))
     trainer = PretrainTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=[heldout_text] if heldout_text else None,
-        processing_class=tokenizer, callbacks=[RunLog(out / METRICS_FILE, wall_offset)],
+        processing_class=tokenizer,
+        callbacks=callbacks,
         peft=recipe.stage == "lora", new_rows_only=new_rows is not None, heldout_text=heldout_text,
         block_size=recipe.block_size)
     try:
@@ -361,6 +392,7 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
         "new_rows_only": new_rows is not None, "trained_rows": [new_rows[0], vocab_rows] if new_rows else None,
         "trainable_parameters": trainable, "steps": trainer.state.global_step,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "stopped_by_max_minutes": bool(recipe.max_minutes) and trainer.state.global_step < trainer.state.max_steps,
         "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
         "heldout_bpc": final.get("eval_bpc"), "data": data.facts(),
         "resumed_from": str(resume_from) if resume_from else None,

@@ -47,6 +47,7 @@ class Recipe:
     batch_size: int = 8                   # blocks per device per step
     grad_accum: int = 1
     max_steps: int = -1                   # -1: run `epochs` epochs
+    max_minutes: float = 0.0              # stop after this much training time (0: no limit)
     epochs: float = 1.0
     logging_steps: int = 10
     eval_steps: int = 200                 # held-out bits per char every N steps (0: only at the end)
@@ -83,6 +84,8 @@ HELP = {
     "warmup_ratio": "share of the steps spent warming up", "weight_decay": "AdamW weight decay",
     "max_grad_norm": "gradient clipping norm", "batch_size": "blocks per device per step",
     "grad_accum": "gradient accumulation steps", "max_steps": "optimizer steps (-1: use epochs)",
+    "max_minutes": "stop once this many minutes of training have passed (held-out evaluation and "
+                   "checkpoint saving not counted; 0: no limit); the lr schedule still follows max_steps",
     "epochs": "passes over the blocks when max_steps is -1", "logging_steps": "log the loss every N steps",
     "eval_steps": "held-out bits per char every N steps (0: only at the end)",
     "save_steps": "checkpoint every N steps", "save_total_limit": "checkpoints kept",
@@ -181,6 +184,8 @@ def validate(r: Recipe, where: str) -> None:
             raise LangadaptError(f"{where}: {name} must be a positive integer, got {getattr(r, name)}")
     if r.max_steps == 0 or r.max_steps < -1:
         raise LangadaptError(f"{where}: max_steps must be positive (or -1 to use epochs), got {r.max_steps}")
+    if r.max_minutes < 0:
+        raise LangadaptError(f"{where}: max_minutes must be 0 (no limit) or positive, got {r.max_minutes}")
     if not 0 <= r.lora_dropout < 1:
         raise LangadaptError(f"{where}: lora_dropout must be in [0, 1), got {r.lora_dropout}")
 
