@@ -61,3 +61,10 @@ def test_group_without_action_shows_its_help(capsys):
     with pytest.raises(SystemExit):
         main(["tokenizer"])
     assert "train" in capsys.readouterr().out
+
+
+def test_misspelt_option_suggests_the_nearest(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--max-stepz", "3"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --max-stepz (did you mean --max-steps?) 3" in capsys.readouterr().err

@@ -8,6 +8,7 @@ Logic, printing of results included, lives in the stage packages.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -273,10 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- main
 
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of `parser` and of its subcommands."""
+    options = set()
+    for action in parser._actions:
+        options.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options |= _option_strings(sub)
+    return options
+
+
+def _with_suggestion(word: str, parser: argparse.ArgumentParser) -> str:
+    """`word`, followed by the nearest known option when it looks like a misspelt one."""
+    if not word.startswith("--"):
+        return word
+    close = difflib.get_close_matches(word.split("=")[0], _option_strings(parser), n=1)
+    return f"{word} (did you mean {close[0]}?)" if close else word
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `langadapt` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error("unrecognized arguments: " + " ".join(_with_suggestion(word, parser) for word in unknown))
     target = getattr(args, "_target", None)
     if target is None:
         # A group without its action (e.g. `langadapt corpus`): show that group's help.
