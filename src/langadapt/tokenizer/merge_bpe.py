@@ -40,24 +40,11 @@ import json
 from collections.abc import Callable, Iterable
 
 from tqdm.auto import tqdm
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2 byte -> printable character table
 
 from langadapt.errors import LangadaptError
 from langadapt.tokenizer.pretokenize import script_aware_pre_tokenizer, target_pattern
 from langadapt.tokenizer.train import MAX_PIECE_CHARS, unique_sentences
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, the alphabet of every byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 _BYTE_OF = {ch: b for b, ch in bytes_to_unicode().items()}

@@ -44,9 +44,15 @@ def base_fingerprint(model) -> str:
     """
     emb, head = embedding_pair(model)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return fingerprint(type(model).__name__, cfg, head is None, emb.detach()[:8])
+
+
+def fingerprint(class_name: str, text_config, tied: bool, first_rows: torch.Tensor) -> str:
+    """The hash behind `base_fingerprint`, from the pieces (so a merge can compute it without
+    materialising the model)."""
     h = hashlib.sha256()
-    h.update(json.dumps([type(model).__name__, cfg.hidden_size, cfg.num_hidden_layers, head is None]).encode())
-    h.update(emb.detach()[:8].float().cpu().numpy().tobytes())
+    h.update(json.dumps([class_name, text_config.hidden_size, text_config.num_hidden_layers, tied]).encode())
+    h.update(first_rows.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

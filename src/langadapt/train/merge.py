@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from langadapt.errors import LangadaptError
-from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, load_rows
+from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, fingerprint, load_rows
 
 PEFT_CONFIG = "adapter_config.json"
 
@@ -179,17 +179,12 @@ def merge_by_shard(base_dir: Path, adapter_dir: Path, record: dict, out: Path, d
 
 
 def _check_fingerprint(meta, config, emb_weight, record, adapter_dir, base_dir) -> None:
-    import hashlib
-
-    cfg = config.get_text_config()
     head = meta.get_output_embeddings()
-    h = hashlib.sha256()
-    h.update(json.dumps([type(meta).__name__, cfg.hidden_size, cfg.num_hidden_layers,
-                         head is None or head.weight is meta.get_input_embeddings().weight]).encode())
-    h.update(emb_weight[:8].float().numpy().tobytes())
-    if h.hexdigest()[:16] != record["base_fingerprint"]:
+    tied = head is None or head.weight is meta.get_input_embeddings().weight
+    found = fingerprint(type(meta).__name__, config.get_text_config(), tied, emb_weight[:8])
+    if found != record["base_fingerprint"]:
         raise LangadaptError(f"{adapter_dir} was trained on a different base model ({record.get('base_source')}, "
-                             f"fingerprint {record['base_fingerprint']}); {base_dir} has {h.hexdigest()[:16]}")
+                             f"fingerprint {record['base_fingerprint']}); {base_dir} has {found}")
 
 
 def _with_rows(w: torch.Tensor, vocab: int, ids: torch.Tensor, trained: torch.Tensor, adapter_dir: Path):
