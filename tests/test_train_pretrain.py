@@ -255,7 +255,7 @@ def test_smollm2_lora_step_adapter_and_merge(train_corpus, tmp_path):
 def test_wall_clock_stop_counts_training_time_only(monkeypatch):
     from transformers import TrainerControl
 
-    from langadapt.train import pretrain as pt
+    from langadapt.train import engine as pt
 
     clock = iter([0.0, 20.0, 40.0, 100.0, 110.0, 125.0])
     monkeypatch.setattr(pt.time, "time", lambda: next(clock))

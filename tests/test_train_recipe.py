@@ -28,7 +28,7 @@ def test_unknown_key_names_it_and_suggests_the_nearest(tmp_path):
     path = _write(tmp_path, "model: m\nlearning_rat: 0.001\n")
     with pytest.raises(LangadaptError, match=r"recipe.yaml: unknown key 'learning_rat'; did you mean 'learning_rate'\?"):
         load_recipe(path)
-    with pytest.raises(LangadaptError, match=r"unknown key 'zzzz'; known keys: model, corpus"):
+    with pytest.raises(LangadaptError, match=r"unknown key 'zzzz'; known keys: model, out, stage"):
         load_recipe(_write(tmp_path, "zzzz: 1\n"))
 
 

@@ -23,7 +23,6 @@ Scoring, precisely:
 
 from __future__ import annotations
 
-import json
 
 import torch
 

@@ -79,7 +79,7 @@ def merge_sentencepiece_base(args, base_tok, profile, tmp: Path) -> dict:
     from langadapt.outputs import file_sha256, write_json_atomic
     from langadapt.tokenizer.load import load_tokenizer, sentencepiece_model_path
     from langadapt.tokenizer.merge_spm import compat_merge, merge_sentencepiece, normalizer_mismatch, \
-        read_model, unreachable_pieces
+        read_model
 
     spm_path = sentencepiece_model_path(args.base)
     if spm_path is None:

@@ -1,126 +1,36 @@
 """`langadapt pretrain`: continued pretraining on packed blocks with transformers' Trainer.
 
-Stages (the seed recipes):
-
-- `embeddings`: only the input embeddings and the LM head train; the transformer is frozen.
-- `lora`: LoRA (r 64, alpha 128, dropout 0.05 on q, k, v, o, gate, up, down) plus the
-  embeddings and the LM head.
-- `full`: every weight (small models).
-
-With `new_rows_only`, the embedding/LM-head rows of the base vocabulary get no gradient and no
-weight decay, so only the rows of the tokens `model extend` added move (Adam's update of a row
-whose gradient was always zero is exactly zero). Tied embeddings are one tensor and train once.
-
-The run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
-everything in it is written), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
-`adapter/` (LoRA via peft + `trained_rows.safetensors` + tokenizer + `adaptation.json`; merge it
-with `langadapt merge`) or, for stage `full`, `model/` (a full model dir).
+The stages and the run directory are described in `train/engine.py`. Pretraining adds the
+packed-block cache of the corpus (`train/data.py`) and evaluates the held-out text in bits per
+character (a sliding window, comparable across tokenizers, unlike the loss per token).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.integrations import TensorBoardCallback
 
 from langadapt.errors import LangadaptError
-from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows, save_rows
+from langadapt.train.adapter import base_fingerprint, embedding_pair
+from langadapt.train.engine import (COMPLETE_MARK, METRICS_FILE, RowsTrainer, added_row_ids, check_sharding,
+                                    latest_checkpoint, load_model_for_training, open_run_dir, plot_curves, prepare_model, run_callbacks,
+                                    save_result, train_or_explain, training_arguments)
 from langadapt.train.recipe import Recipe, recipe_from_args
 
-COMPLETE_MARK = "langadapt-complete"  # written last into a checkpoint dir
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["COMPLETE_MARK", "PretrainTrainer", "latest_checkpoint", "prepare_model", "pretrain", "training_arguments"]
 
 
-# ----------------------------------------------------------------------------- model setup
+class PretrainTrainer(RowsTrainer):
+    """`RowsTrainer` whose evaluation is the held-out text in bits per char."""
 
-def added_row_ids(source: Path, vocab_rows: int) -> list[int]:
-    """Rows of the tokens `model extend` added (read from the model dir's adaptation.json)."""
-    path = Path(source) / "adaptation.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for step in [record, *reversed(record.get("history", []))]:
-        if step.get("step") == "model-extend":
-            return list(range(int(step["base_tokenizer_size"]), vocab_rows))
-    raise LangadaptError(f"new_rows_only needs a model made by `langadapt model extend` (its adaptation.json says "
-                         f"which rows are new); {source} has no such record")
-
-
-def _mask_rows(weight: torch.nn.Parameter, first_new: int) -> None:
-    """Zero the gradient of rows below `first_new` (the base vocabulary)."""
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[first_new:] = 1
-    weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
-
-
-def prepare_model(model, recipe: Recipe, new_rows: list[int] | None):
-    """Set what trains for `recipe.stage` (wrapping in peft for `lora`); return the model to train."""
-    if recipe.stage == "full":
-        if new_rows is not None:
-            raise LangadaptError("new_rows_only applies to stages embeddings and lora, not full")
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if recipe.stage == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in recipe.lora_targets if t not in names]
-        if missing:
-            raise LangadaptError(f"lora_targets {missing} are not modules of {type(model).__name__}")
-        config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                            target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)  # freezes every base weight
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    emb, head = embedding_pair(model)
-    for w in (emb, head):
-        if w is not None:
-            w.requires_grad_(True)
-            if new_rows is not None:
-                _mask_rows(w, new_rows[0])
-    if recipe.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
-
-
-# ----------------------------------------------------------------------------- trainer
-
-class PretrainTrainer(Trainer):
-    """Trainer plus: trained rows saved/restored with peft checkpoints, no weight decay on masked
-    rows, and held-out bits per char as the evaluation."""
-
-    def __init__(self, *args, peft: bool, new_rows_only: bool, heldout_text: str, block_size: int, **kwargs):
+    def __init__(self, *args, heldout_text: str, block_size: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.peft, self.new_rows_only = peft, new_rows_only
         self.heldout_text, self.block_size = heldout_text, block_size
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        names = super().get_decay_parameter_names(model)
-        if not self.new_rows_only:
-            return names
-        emb, head = embedding_pair(self.model)
-        frozen = {id(emb), id(head)}
-        keep = {n for n, p in model.named_parameters() if id(p) not in frozen}
-        return [n for n in names if n in keep]
-
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        if self.peft and self.args.should_save:  # peft saves only the LoRA weights
-            save_rows(self.model, None, Path(output_dir or self.args.output_dir) / ROWS_FILE)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        rows = Path(resume_from_checkpoint) / ROWS_FILE
-        if self.peft and rows.is_file():
-            apply_rows(model or self.model, load_rows(rows), str(rows))
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict:
         """Bits per char of the held-out text (sliding window of block_size, stride block_size/2)."""
@@ -141,138 +51,6 @@ class PretrainTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-
-class RunLog(TrainerCallback):
-    """Appends every log to metrics.jsonl (with wall time) and marks checkpoints complete."""
-
-    def __init__(self, path: Path, wall_offset: float):
-        self.path, self.wall_offset, self.start = path, wall_offset, time.time()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            row = {"step": state.global_step, "wall_s": round(self.wall_offset + time.time() - self.start, 2),
-                   **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            (folder / COMPLETE_MARK).write_text(json.dumps({"step": state.global_step}) + "\n")
-
-
-class WallClockStop(TrainerCallback):
-    """Stops training after `minutes` of training time; time spent in held-out evaluation and
-    checkpoint saving is not counted (the clock restarts after each)."""
-
-    def __init__(self, minutes: float):
-        self.budget_s, self.used_s, self.mark = minutes * 60, 0.0, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.mark = time.time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.time()
-        self.used_s += now - (self.mark if self.mark is not None else now)
-        self.mark = now
-        if self.used_s >= self.budget_s:
-            control.should_training_stop = True
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        self.mark = time.time()
-
-    def on_save(self, args, state, control, **kwargs):
-        self.mark = time.time()
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint dir marked complete (an interrupted save is skipped)."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARK).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _trim_metrics(path: Path, step: int, write: bool = True) -> float:
-    """Drop metrics logged after `step` (by a run killed later); return the wall time at `step`."""
-    if not path.is_file():
-        return 0.0
-    rows = _read_metrics(path)
-    kept = [r for r in rows if r["step"] <= step]
-    if write:  # only the main process writes
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    return max((r["wall_s"] for r in kept), default=0.0)
-
-
-def plot_curves(metrics_path: Path, out_png: Path) -> bool:
-    """Training loss and held-out bits per char against steps and wall time; False if nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _read_metrics(metrics_path)
-    loss = [r for r in rows if "loss" in r]
-    bpc = [r for r in rows if "eval_bpc" in r]
-    if not loss and not bpc:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, x, label in ((axes[0], "step", "step"), (axes[1], "wall_s", "wall time (s)")):
-        if loss:
-            ax.plot([r[x] for r in loss], [r["loss"] for r in loss], color="tab:blue", label="training loss (nats/token)")
-        ax.set_xlabel(label)
-        ax.set_ylabel("training loss", color="tab:blue")
-        if bpc:
-            ax2 = ax.twinx()
-            ax2.plot([r[x] for r in bpc], [r["eval_bpc"] for r in bpc], "o-", color="tab:red")
-            ax2.set_ylabel("held-out bits per char", color="tab:red")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return True
-
-
-# ----------------------------------------------------------------------------- run
-
-def training_arguments(recipe: Recipe, checkpoints: Path, has_heldout: bool) -> TrainingArguments:
-    """The TrainingArguments of a recipe: fp32 on CPU, bf16 on GPU (precision auto)."""
-    cuda = torch.cuda.is_available()
-    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and cuda)
-    if bf16 and not cuda:
-        raise LangadaptError("precision bf16 needs a GPU here; use fp32 (or auto) on CPU")
-    evaluate = has_heldout and recipe.eval_steps > 0
-    return TrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler,
-        warmup_steps=recipe.warmup_ratio,
-        weight_decay=recipe.weight_decay,
-        max_grad_norm=recipe.max_grad_norm,
-        max_steps=recipe.max_steps,
-        num_train_epochs=recipe.epochs,
-        logging_steps=recipe.logging_steps,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=recipe.save_total_limit,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=recipe.eval_steps if evaluate else None,
-        seed=recipe.seed,
-        bf16=bf16,
-        use_cpu=not cuda,
-        activation_checkpointing=recipe.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
-        report_to="none",  # TensorBoard is added as a callback, to write beside metrics.jsonl
-        dataloader_num_workers=recipe.dataloader_workers,
-        disable_tqdm=not recipe.progress,
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="all",
-    )
 
 
 def _check_recipe_inputs(recipe: Recipe) -> None:
@@ -297,22 +75,9 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     _check_recipe_inputs(recipe)
     start = time.time()
     state = PartialState()
-    _check_sharding(state, recipe.stage)
+    check_sharding(state, recipe.stage)
     out = Path(recipe.out)
-    checkpoints = out / "checkpoints"
-    resume_from = None
-    if recipe.resume:
-        resume_from = latest_checkpoint(checkpoints)
-        if resume_from is None:
-            raise LangadaptError(f"--resume: no complete checkpoint under {checkpoints}")
-    elif out.exists() and any(out.iterdir()):
-        if not recipe.overwrite:
-            raise LangadaptError(f"{out} already holds a run; pass --resume to continue it or --overwrite to "
-                                 "start over")
-        if state.is_main_process:
-            shutil.rmtree(out)
-    state.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
+    resume_from = open_run_dir(recipe, state)
 
     source = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(str(source))
@@ -334,13 +99,8 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
         heldout_text = "\n".join(records)[:recipe.heldout_max_chars]
         window_spans(2, recipe.block_size, max(1, recipe.block_size // 2))
 
-    from langadapt.model.load import load_model
-
-    model = load_model(str(source), dtype="float32")  # fp32 master weights; bf16 via autocast on GPU
+    model = load_model_for_training(source, tokenizer)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocab_rows:
-        raise LangadaptError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_rows} embedding "
-                             "rows; run `langadapt model extend` first")
     fingerprint = base_fingerprint(model)
     new_rows = added_row_ids(source, vocab_rows) if recipe.new_rows_only else None
     if new_rows is not None and not new_rows:
@@ -349,41 +109,23 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     model = prepare_model(model, recipe, new_rows)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    wall_offset = 0.0
-    if resume_from:
-        wall_offset = _trim_metrics(out / METRICS_FILE, _checkpoint_step(resume_from), write=state.is_main_process)
-        state.wait_for_everyone()
-    if not resume_from and state.is_main_process:
-        (out / METRICS_FILE).unlink(missing_ok=True)
-    args = training_arguments(recipe, checkpoints, bool(heldout_text))
+    args = training_arguments(recipe, out / "checkpoints", bool(heldout_text))
     # The "eval dataset" is the held-out text itself: `PretrainTrainer.evaluate` scores it with the
     # sliding window (bits per char), which is comparable across tokenizers, unlike eval loss.
-    tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(out / "tensorboard")  # not under checkpoints/, where it would look like one
-    callbacks = [RunLog(out / METRICS_FILE, wall_offset), tensorboard]
-    if recipe.max_minutes:
-        callbacks.append(WallClockStop(recipe.max_minutes))
     trainer = PretrainTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=[heldout_text] if heldout_text else None,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=run_callbacks(recipe, resume_from, state),
         peft=recipe.stage == "lora", new_rows_only=new_rows is not None, heldout_text=heldout_text,
         block_size=recipe.block_size)
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        final = {}
-        if heldout_text:  # held-out bpc of the final weights (reuse the last eval if it was at the end)
-            evals = [r for r in trainer.state.log_history if "eval_bpc" in r]
-            if evals and evals[-1]["step"] == trainer.state.global_step:
-                final = {"eval_bpc": evals[-1]["eval_bpc"]}
-            else:
-                final = trainer.evaluate()
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            last = latest_checkpoint(checkpoints)
-            raise LangadaptError(f"disk full while writing under {out}; the newest complete checkpoint is "
-                                 f"{last or 'none'} (resume from it with --resume once there is space)") from e
-        raise
+    result = train_or_explain(trainer, resume_from, out)
+    final = {}
+    if heldout_text:  # held-out bpc of the final weights (reuse the last eval if it was at the end)
+        evals = [r for r in trainer.state.log_history if "eval_bpc" in r]
+        if evals and evals[-1]["step"] == trainer.state.global_step:
+            final = {"eval_bpc": evals[-1]["eval_bpc"]}
+        else:
+            final = trainer.evaluate()
 
     summary = {
         "stage": recipe.stage, "base": recipe.model,
@@ -399,24 +141,11 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
         "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
     }
     if state.is_main_process:
-        _save_result(model, tokenizer, recipe, source, new_rows, out, summary)
+        save_result(model, tokenizer, recipe, source, new_rows, out, summary, f"pretrain-{recipe.stage}")
         if (out / METRICS_FILE).is_file():
             plot_curves(out / METRICS_FILE, out / "curves.png")
     state.wait_for_everyone()
     return summary, model
-
-
-def _check_sharding(state, stage: str) -> None:
-    """Stages embeddings/lora save rows from the local parameters, which sharding would split."""
-    import os
-
-    from accelerate.utils import DistributedType
-
-    zero3 = state.distributed_type == DistributedType.DEEPSPEED and os.environ.get(
-        "ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    if stage != "full" and (zero3 or state.distributed_type == DistributedType.FSDP):
-        raise LangadaptError(f"stage {stage} with sharded parameters (FSDP, DeepSpeed ZeRO-3) is not supported yet: "
-                             "its trained rows are read from local parameters. Use DDP or ZeRO-2, or stage full")
 
 
 def _records_or_empty(corpus, path):
@@ -426,28 +155,6 @@ def _records_or_empty(corpus, path):
         if "no text records" in str(e):
             return []
         raise
-
-
-def _checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-def _save_result(model, tokenizer, recipe: Recipe, source, new_rows, out: Path, summary: dict) -> None:
-    """Write `out/adapter` (stages embeddings, lora) or `out/model` (stage full), atomically."""
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json
-
-    name = "model" if recipe.stage == "full" else "adapter"
-    with atomic_output_dir(out / name, overwrite=True) as tmp:
-        if recipe.stage == "full":
-            model.save_pretrained(tmp)
-        else:
-            if recipe.stage == "lora":
-                model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors
-            summary["rows_saved"] = save_rows(model, new_rows, tmp / ROWS_FILE)
-        tokenizer.save_pretrained(tmp)
-        if (Path(str(source)) / "adaptation.json").is_file():
-            shutil.copyfile(Path(str(source)) / "adaptation.json", tmp / "adaptation.json")
-        write_adaptation_json(tmp, f"pretrain-{recipe.stage}", **summary)
 
 
 def run_pretrain(args) -> int:

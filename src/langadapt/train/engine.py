@@ -1,0 +1,364 @@
+"""What `pretrain` and `sft` share: what trains in each stage, the Trainer with trained rows,
+run directories, logs, the wall-clock budget, curves and the saved result.
+
+Stages (the seed recipes):
+
+- `embeddings`: only the input embeddings and the LM head train; the transformer is frozen.
+- `lora`: LoRA (r 64, alpha 128, dropout 0.05 on q, k, v, o, gate, up, down) plus the
+  embeddings and the LM head.
+- `full`: every weight (small models).
+
+With `new_rows_only`, the embedding/LM-head rows of the base vocabulary get no gradient and no
+weight decay, so only the rows of the tokens `model extend` added move (Adam's update of a row
+whose gradient was always zero is exactly zero). Tied embeddings are one tensor and train once.
+
+A run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
+everything in it is written), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
+`adapter/` (LoRA via peft + `trained_rows.safetensors` + tokenizer + `adaptation.json`; merge it
+with `langadapt merge`) or, for stage `full`, `model/` (a full model dir).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from langadapt.errors import LangadaptError
+from langadapt.train.adapter import ROWS_FILE, apply_rows, embedding_pair, load_rows, save_rows
+from langadapt.train.recipe import TrainKeys
+
+COMPLETE_MARK = "langadapt-complete"  # written last into a checkpoint dir
+METRICS_FILE = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------- model setup
+
+def added_row_ids(source: Path, vocab_rows: int) -> list[int]:
+    """Rows of the tokens `model extend` added (read from the model dir's adaptation.json)."""
+    path = Path(source) / "adaptation.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for step in [record, *reversed(record.get("history", []))]:
+        if step.get("step") == "model-extend":
+            return list(range(int(step["base_tokenizer_size"]), vocab_rows))
+    raise LangadaptError(f"new_rows_only needs a model made by `langadapt model extend` (its adaptation.json says "
+                         f"which rows are new); {source} has no such record")
+
+
+def _mask_rows(weight: torch.nn.Parameter, first_new: int) -> None:
+    """Zero the gradient of rows below `first_new` (the base vocabulary)."""
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[first_new:] = 1
+    weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
+
+
+def prepare_model(model, recipe: TrainKeys, new_rows: list[int] | None):
+    """Set what trains for `recipe.stage` (wrapping in peft for `lora`); return the model to train."""
+    if recipe.stage == "full":
+        if new_rows is not None:
+            raise LangadaptError("new_rows_only applies to stages embeddings and lora, not full")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if recipe.stage == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in recipe.lora_targets if t not in names]
+        if missing:
+            raise LangadaptError(f"lora_targets {missing} are not modules of {type(model).__name__}")
+        config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                            target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)  # freezes every base weight
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    emb, head = embedding_pair(model)
+    for w in (emb, head):
+        if w is not None:
+            w.requires_grad_(True)
+            if new_rows is not None:
+                _mask_rows(w, new_rows[0])
+    if recipe.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class RowsTrainer(Trainer):
+    """Trainer plus: trained embedding/head rows saved and restored with peft checkpoints, and no
+    weight decay on rows that must not move (`new_rows_only`)."""
+
+    def __init__(self, *args, peft: bool, new_rows_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.peft, self.new_rows_only = peft, new_rows_only
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        names = super().get_decay_parameter_names(model)
+        if not self.new_rows_only:
+            return names
+        emb, head = embedding_pair(self.model)
+        frozen = {id(emb), id(head)}
+        keep = {n for n, p in model.named_parameters() if id(p) not in frozen}
+        return [n for n in names if n in keep]
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.peft and self.args.should_save:  # peft saves only the LoRA weights
+            save_rows(self.model, None, Path(output_dir or self.args.output_dir) / ROWS_FILE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        rows = Path(resume_from_checkpoint) / ROWS_FILE
+        if self.peft and rows.is_file():
+            apply_rows(model or self.model, load_rows(rows), str(rows))
+
+
+class RunLog(TrainerCallback):
+    """Appends every log to metrics.jsonl (with wall time) and marks checkpoints complete."""
+
+    def __init__(self, path: Path, wall_offset: float):
+        self.path, self.wall_offset, self.start = path, wall_offset, time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            row = {"step": state.global_step, "wall_s": round(self.wall_offset + time.time() - self.start, 2),
+                   **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / COMPLETE_MARK).write_text(json.dumps({"step": state.global_step}) + "\n")
+
+
+class WallClockStop(TrainerCallback):
+    """Stops training after `minutes` of training time; time spent in held-out evaluation and
+    checkpoint saving is not counted (the clock restarts after each)."""
+
+    def __init__(self, minutes: float):
+        self.budget_s, self.used_s, self.mark = minutes * 60, 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.time()
+        self.used_s += now - (self.mark if self.mark is not None else now)
+        self.mark = now
+        if self.used_s >= self.budget_s:
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.time()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark = time.time()
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint dir marked complete (an interrupted save is skipped)."""
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARK).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def trim_metrics(path: Path, step: int, write: bool = True) -> float:
+    """Drop metrics logged after `step` (by a run killed later); return the wall time at `step`."""
+    if not path.is_file():
+        return 0.0
+    rows = read_metrics(path)
+    kept = [r for r in rows if r["step"] <= step]
+    if write:  # only the main process writes
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    return max((r["wall_s"] for r in kept), default=0.0)
+
+
+def plot_curves(metrics_path: Path, out_png: Path) -> bool:
+    """Training loss and held-out bits per char against steps and wall time; False if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    loss = [r for r in rows if "loss" in r]
+    eval_key = "eval_bpc" if any("eval_bpc" in r for r in rows) else "eval_loss"
+    bpc = [r for r in rows if eval_key in r]
+    if not loss and not bpc:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x, label in ((axes[0], "step", "step"), (axes[1], "wall_s", "wall time (s)")):
+        if loss:
+            ax.plot([r[x] for r in loss], [r["loss"] for r in loss], color="tab:blue", label="training loss (nats/token)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("training loss", color="tab:blue")
+        if bpc:
+            ax2 = ax.twinx()
+            ax2.plot([r[x] for r in bpc], [r[eval_key] for r in bpc], "o-", color="tab:red")
+            ax2.set_ylabel("held-out bits per char" if eval_key == "eval_bpc" else "held-out loss on answers",
+                           color="tab:red")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return True
+
+
+
+# ----------------------------------------------------------------------------- run
+
+def training_arguments(recipe: TrainKeys, checkpoints: Path, has_heldout: bool) -> TrainingArguments:
+    """The TrainingArguments of a recipe: fp32 on CPU, bf16 on GPU (precision auto)."""
+    cuda = torch.cuda.is_available()
+    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and cuda)
+    if bf16 and not cuda:
+        raise LangadaptError("precision bf16 needs a GPU here; use fp32 (or auto) on CPU")
+    evaluate = has_heldout and recipe.eval_steps > 0
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_steps=recipe.warmup_ratio,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        max_steps=recipe.max_steps,
+        num_train_epochs=recipe.epochs,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=recipe.eval_steps if evaluate else None,
+        seed=recipe.seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        report_to="none",  # TensorBoard is added as a callback, to write beside metrics.jsonl
+        dataloader_num_workers=recipe.dataloader_workers,
+        disable_tqdm=not recipe.progress,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="all",
+    )
+
+
+
+def open_run_dir(recipe: TrainKeys, state) -> Path | None:
+    """Prepare `recipe.out` for a run: the checkpoint to resume from (`resume`), else an empty
+    dir (an existing run is an error unless `overwrite`)."""
+    out = Path(recipe.out)
+    checkpoints = out / "checkpoints"
+    resume_from = None
+    if recipe.resume:
+        resume_from = latest_checkpoint(checkpoints)
+        if resume_from is None:
+            raise LangadaptError(f"--resume: no complete checkpoint under {checkpoints}")
+    elif out.exists() and any(out.iterdir()):
+        if not recipe.overwrite:
+            raise LangadaptError(f"{out} already holds a run; pass --resume to continue it or --overwrite to "
+                                 "start over")
+        if state.is_main_process:
+            shutil.rmtree(out)
+    state.wait_for_everyone()
+    out.mkdir(parents=True, exist_ok=True)
+    if resume_from is None and state.is_main_process:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    return resume_from
+
+
+def run_callbacks(recipe: TrainKeys, resume_from: Path | None, state) -> list:
+    """metrics.jsonl (trimmed to the resumed step), TensorBoard under <out>/tensorboard and the
+    wall-clock budget."""
+    out = Path(recipe.out)
+    wall_offset = 0.0
+    if resume_from:
+        wall_offset = trim_metrics(out / METRICS_FILE, checkpoint_step(resume_from), write=state.is_main_process)
+        state.wait_for_everyone()
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(out / "tensorboard")  # not under checkpoints/, where it would look like one
+    callbacks = [RunLog(out / METRICS_FILE, wall_offset), tensorboard]
+    if recipe.max_minutes:
+        callbacks.append(WallClockStop(recipe.max_minutes))
+    return callbacks
+
+
+def train_or_explain(trainer, resume_from: Path | None, out: Path):
+    """`trainer.train()`, turning a full disk into a clear error that names the checkpoint to resume."""
+    import errno
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            last = latest_checkpoint(out / "checkpoints")
+            raise LangadaptError(f"disk full while writing under {out}; the newest complete checkpoint is "
+                                 f"{last or 'none'} (resume from it with --resume once there is space)") from e
+        raise
+
+
+def load_model_for_training(source, tokenizer):
+    """The model at `source` in fp32 (master weights; bf16 comes through autocast on GPU), checked
+    to have an embedding row for every token of `tokenizer`."""
+    from langadapt.model.load import load_model
+
+    model = load_model(str(source), dtype="float32")
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab_rows:
+        raise LangadaptError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_rows} embedding "
+                             "rows; run `langadapt model extend` first")
+    return model
+
+
+def check_sharding(state, stage: str) -> None:
+    """Stages embeddings/lora save rows from the local parameters, which sharding would split."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    zero3 = state.distributed_type == DistributedType.DEEPSPEED and os.environ.get(
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    if stage != "full" and (zero3 or state.distributed_type == DistributedType.FSDP):
+        raise LangadaptError(f"stage {stage} with sharded parameters (FSDP, DeepSpeed ZeRO-3) is not supported yet: "
+                             "its trained rows are read from local parameters. Use DDP or ZeRO-2, or stage full")
+
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+
+def save_result(model, tokenizer, recipe, source, new_rows, out: Path, summary: dict, step: str) -> None:
+    """Write `out/adapter` (stages embeddings, lora) or `out/model` (stage full), atomically;
+    `step` names it in adaptation.json (e.g. pretrain-lora, sft-lora)."""
+    from langadapt.outputs import atomic_output_dir, write_adaptation_json
+
+    name = "model" if recipe.stage == "full" else "adapter"
+    with atomic_output_dir(out / name, overwrite=True) as tmp:
+        if recipe.stage == "full":
+            model.save_pretrained(tmp)
+        else:
+            if recipe.stage == "lora":
+                model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors
+            summary["rows_saved"] = save_rows(model, new_rows, tmp / ROWS_FILE)
+        tokenizer.save_pretrained(tmp)
+        if (Path(str(source)) / "adaptation.json").is_file():
+            shutil.copyfile(Path(str(source)) / "adaptation.json", tmp / "adaptation.json")
+        write_adaptation_json(tmp, step, **summary)
+
+
