@@ -262,12 +262,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, ...)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to this JSON file")
 
+    # --- sft ------------------------------------------------------------------------
+    from langadapt.train.recipe import SftRecipe
+
+    p = _add(stages, "sft", "langadapt.train.sft:run_sft",
+             "instruction tuning: loss on assistant turns only, LoRA on a merged model or continuing an adapter",
+             description="Read instruction data (Alpaca {instruction,input,output}, Firefly {kind,input,target}, "
+                         "prompt {input,target}, {messages:[{role,content}]}, ShareGPT {conversations:[{from,value}]}, "
+                         "QA {context,question,answer}; .json arrays or JSON Lines; the format is detected per file), "
+                         "render each conversation with a chat template and train on the assistant turns only "
+                         "(--train-on-prompt, --last-turn-only). Over-long examples keep the end of the prompt and "
+                         "the start of the answer within max_seq_len; the summary counts what was cut or dropped. "
+                         "Same engine, stages, checkpoints and outputs as `pretrain`; the held-out evaluation is "
+                         "the loss on answers. Merge the adapter with `langadapt merge`.")
+    p.add_argument("--list-templates", action="store_true", help="list the chat templates and exit")
+    add_recipe_args(p, SftRecipe)
+
+    # --- chat ---------------------------------------------------------------------
+    p = _add(stages, "chat", "langadapt.serve.chat:run_chat",
+             "chat with a model in the terminal (streams tokens; /reset, /system TEXT, /exit)",
+             description="Interactive multi-turn chat that streams tokens as they are generated and keeps as "
+                         "much history as fits in the context window (oldest turns dropped first). Commands: "
+                         "/reset (forget the history), /system TEXT (set the system prompt and reset), /exit. "
+                         "--prompt TEXT, or text piped on stdin, answers once and exits.")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help=MODEL_HELP + "; with --adapter, default: the base the adapter was trained on")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="an adapter dir from `pretrain` or `sft`, "
+                   "merged into the model in memory")
+    p.add_argument("--template", default="auto", help="chat template: alpaca, llama2-chat, firefly, chatml, auto "
+                   "(the tokenizer's own) or a .jinja file")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    p.add_argument("--prompt", default=None, metavar="TEXT", help="answer this one message and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per answer at most")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (ignores temperature, top-p, top-k)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep the top tokens up to this mass")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="penalty for repeated tokens (1: none)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+    # --- run ----------------------------------------------------------------------
+    p = _add(stages, "run", "langadapt.pipeline:run_command",
+             "the whole recipe from one YAML file: tokenizer -> extend -> pretrain -> merge -> sft -> merge -> eval",
+             description="Run every step of a run recipe (see recipes/ and the README's 'Recipe format'): train and "
+                         "merge (or prune) the tokenizer, extend (or prune) the model, continued pretraining "
+                         "(stage embeddings, then lora), merge, instruction tuning, merge, and an evaluation "
+                         "(tokenizer report, held-out bits per char before and after). Writes <out>/report.md "
+                         "with tables and PNG plots. A step whose output exists and was made from the same "
+                         "recipe is skipped, so an interrupted run resumes where it stopped.")
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="the run recipe")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check paths, hyperparameters and the plan, print the plan, train nothing")
+    p.add_argument("--out", default=None, metavar="DIR", help="override the recipe's out")
+    p.add_argument("--from-step", default=None, metavar="STEP", help="redo this step and every later one")
+
     # --- demo ---------------------------------------------------------------------
     p = _add(stages, "demo", "langadapt.demo:demo_command",
-             "a quick tour: load the embedded base model, show its facts, measure its tokenizer on the "
-             "embedded Korean sample corpus and generate a short answer")
-    p.add_argument("--model", default="smollm2-135m", help=MODEL_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate")
+             "the whole recipe on the embedded default (SmolLM2-135M + the embedded Korean corpus), ~10 min on CPU",
+             description="`langadapt run` on recipes/demo.yaml: extend SmolLM2-135M-Instruct's tokenizer with Korean "
+                         "pieces trained on the embedded corpus (konlpy's constitution and bills), continue "
+                         "pretraining, instruction-tune on question/answer pairs derived from the same corpus, "
+                         "evaluate, and print where the report is.")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory")
+    p.add_argument("--minutes", type=float, default=None, help="scale the training budget to about this many minutes")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only")
 
     return parser
 

@@ -119,7 +119,8 @@ def answer_spans(tokenizer, template: str, messages: list[dict]) -> tuple[str, l
             raise LangadaptError("the chat template renders a conversation's beginning differently as the "
                                  "conversation grows, so answers cannot be located in it; the answer masks need a "
                                  "template whose rendering of the first turns does not change when turns are added")
-        if message["content"] not in upto[len(prompt):]:
+        as_user = render(tokenizer, template, [*messages[:i], {"role": "user", "content": message["content"]}])
+        if message["content"] not in upto[len(prompt):] or as_user == upto:
             raise LangadaptError("the chat template never marks an assistant turn: an assistant message's content "
                                  "does not appear after the generation prompt; use a template that renders "
                                  "assistant messages (e.g. chatml)")

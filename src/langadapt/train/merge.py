@@ -1,4 +1,4 @@
-"""`langadapt merge`: fold a pretrain adapter into a full model directory.
+"""`langadapt merge`: fold a pretrain or sft adapter into a full model directory.
 
 1. Load the base (`--base`, default the `base_source` in the adapter's adaptation.json) and
    check it is the model the adapter was trained on (its fingerprint: shapes and the first
@@ -32,16 +32,16 @@ PEFT_CONFIG = "adapter_config.json"
 
 
 def read_adapter(adapter_dir: str | Path) -> dict:
-    """The pretrain record of an adapter dir (its adaptation.json), with a clear error if it is not one."""
+    """The pretrain/sft record of an adapter dir (its adaptation.json), with a clear error if it is not one."""
     adapter_dir = Path(adapter_dir)
     path = adapter_dir / "adaptation.json"
     if not path.is_file():
         raise LangadaptError(f"{adapter_dir}: no adaptation.json; expected an adapter dir written by "
                              "`langadapt pretrain` (<out>/adapter)")
     record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("step") not in ("pretrain-embeddings", "pretrain-lora"):
-        raise LangadaptError(f"{adapter_dir}: adaptation.json says step '{record.get('step')}', not a pretrain "
-                             "adapter (stage full writes a whole model, which needs no merge)")
+    if record.get("step") not in ("pretrain-embeddings", "pretrain-lora", "sft-embeddings", "sft-lora"):
+        raise LangadaptError(f"{adapter_dir}: adaptation.json says step '{record.get('step')}', not an adapter of "
+                             "`pretrain` or `sft` (stage full writes a whole model, which needs no merge)")
     if not (adapter_dir / ROWS_FILE).is_file():
         raise LangadaptError(f"{adapter_dir}: {ROWS_FILE} is missing; the adapter is incomplete")
     return record
