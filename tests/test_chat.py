@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.serve.chat import ChatSession, chat_loop, fit_history, generation_kwargs, stop_token_ids
-from langadapt.tokenizer.templates import BUILTIN_TEMPLATES, render
+from langadapt.tokenizer.templates import BUILTIN_TEMPLATES
 
 
 def _msg(role, content):
@@ -47,7 +47,7 @@ def test_fit_history_drops_oldest_pairs_first_and_keeps_system_and_current():
 def test_fit_history_cuts_the_current_message_from_the_left():
     current = _msg("user", "0123456789")
     assert fit_history([SYS, *PAIRS, current], _count_chars, 9) == [SYS, _msg("user", "6789")]
-    with pytest.raises(LangadaptError, match="system prompt"):
+    with pytest.raises(LangadaptError, match="system prompt alone"):
         fit_history([SYS, current], _count_chars, 4)
 
 
@@ -212,17 +212,18 @@ def test_bad_input(tiny_llama_dir, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_llama_dir, tmp_path_factory):
     """A LoRA pretrain adapter of the tiny Llama (2 steps)."""
+    from train_fixtures import make_corpus
+
     from langadapt.train.pretrain import pretrain
     from langadapt.train.recipe import recipe_from_dict
-    from train_fixtures import make_corpus
 
     root = tmp_path_factory.mktemp("chat-adapter")
     corpus = make_corpus(root / "train.txt", 40)
-    recipe = recipe_from_dict(dict(model=str(tiny_llama_dir), corpus=[str(corpus)], out=str(root / "run"),
-                                   stage="lora", block_size=32, batch_size=4, max_steps=2, save_steps=2,
-                                   logging_steps=1, lora_r=4, lora_alpha=8, learning_rate=5e-2, warmup_ratio=0.0,
-                                   gradient_checkpointing=False, progress=False, cache_dir=str(root / "cache")),
-                              "test")
+    recipe = recipe_from_dict({
+        "model": str(tiny_llama_dir), "corpus": [str(corpus)], "out": str(root / "run"), "stage": "lora",
+        "block_size": 32, "batch_size": 4, "max_steps": 2, "save_steps": 2, "logging_steps": 1, "lora_r": 4,
+        "lora_alpha": 8, "learning_rate": 5e-2, "warmup_ratio": 0.0, "gradient_checkpointing": False,
+        "progress": False, "cache_dir": str(root / "cache")}, "test")
     pretrain(recipe)
     return root / "run" / "adapter"
 

@@ -105,13 +105,18 @@ def _walk(directory: Path) -> tuple[list[Path], list[Path]]:
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Files named by `paths`: files as given, directories walked (recursive, sorted, hidden
     skipped, only TEXT_SUFFIXES), globs expanded (sorted). Raises LangadaptError for a missing
-    path, a glob without matches or a directory without text files. Duplicates are dropped."""
+    path, a glob without matches or a directory without text files. Duplicates are dropped.
+    `embedded:NAME` names a set of the embedded sample corpus (e.g. embedded:ko-train)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
     for item in paths:
         p = Path(item)
-        if p.is_file():
+        if str(item).startswith("embedded:"):
+            from langadapt.corpus.embedded import embedded_set_paths
+
+            out.extend(embedded_set_paths(str(item).split(":", 1)[1]))
+        elif p.is_file():
             out.append(p)
         elif p.is_dir():
             text, other = _walk(p)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from langadapt.errors import LangadaptError
 
@@ -39,7 +39,7 @@ def fit_history(messages: list[dict], count_tokens: Callable[[list[dict]], int],
         return system + turns + [current]
     text = current["content"]
     if count_tokens(system + [{**current, "content": ""}]) > budget:
-        raise LangadaptError(f"the system prompt alone does not leave room for a message within {budget} tokens; "
+        raise LangadaptError(f"the template and system prompt alone do not leave room for a message within {budget} tokens; "
                              "shorten --system or lower --max-new-tokens")
     lo, hi = 0, len(text)  # the longest suffix of `text` that fits: binary search on its length
     while lo < hi:
@@ -112,7 +112,7 @@ class ChatSession:
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
-                return stop.is_set()
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -125,7 +125,7 @@ class ChatSession:
             try:
                 with torch.no_grad():
                     self.model.generate(**kwargs)
-            except BaseException as e:  # shown in the main thread
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(e)
                 streamer.end()
 
@@ -134,6 +134,8 @@ class ChatSession:
         chunks: list[str] = []
         try:
             for chunk in streamer:
+                if not chunk:
+                    continue
                 chunks.append(chunk)
                 if on_token:
                     on_token(chunk)
@@ -182,8 +184,9 @@ def load_chat(args) -> tuple:
     return model.eval(), tokenizer, template
 
 
-def chat_loop(session: ChatSession, banner: str, read: Callable[[str], str] = input) -> int:
-    """The interactive loop: `you> ` prompts, `model> ` answers, slash commands."""
+def chat_loop(session: ChatSession, banner: str, read: Callable[[str], str] | None = None) -> int:
+    """The interactive loop: `you> ` prompts (read with `read`, default `input`), `model> ` answers, commands."""
+    read = read or input
     print(banner)
     while True:
         try:

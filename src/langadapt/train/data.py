@@ -263,18 +263,24 @@ def load_blocks(tokenizer, corpus: CorpusSpec, block_size: int, cache_root=None,
     return data
 
 
-def check_heldout(train: BlockDataset, heldout_files: list[Path], heldout_records: list[str]) -> None:
-    """Raise if a held-out file is a training file or a held-out record also appears in training."""
+MIN_LEAK_CHARS = 32
+
+
+def unseen_heldout(train: BlockDataset, heldout_files: list[Path], heldout_records: list[str]) -> tuple[list[str], int]:
+    """The held-out records that do not appear in training, and how many did.
+
+    A held-out file that is also a training file is an error. A record that also appears in
+    training (boilerplate shared by documents of one genre, e.g. a budget note in every bill) is
+    left out of the held-out score. Records shorter than `MIN_LEAK_CHARS` are kept: headings
+    and short lines recur everywhere without leaking anything."""
     train_files = {Path(json.loads(f.with_suffix(".json").read_text())["file"]).resolve() for f in train.files}
     for f in heldout_files:
         if f.resolve() in train_files:
             raise LangadaptError(f"held-out file {f} is also in the training corpus; held-out text must stay "
                                  "out of training")
     if not heldout_records:
-        return
+        return [], 0
     held = np.array([record_hash(r) for r in heldout_records], dtype=np.uint64)
-    overlap = np.isin(held, train.record_hashes())
-    if overlap.any():
-        first = heldout_records[int(np.argmax(overlap))]
-        raise LangadaptError(f"{int(overlap.sum())} of {len(held)} held-out records also appear in the training "
-                             f"corpus (first: {first[:60]!r}); remove them from one side")
+    seen = np.isin(held, train.record_hashes())
+    seen &= np.array([len(r.strip()) >= MIN_LEAK_CHARS for r in heldout_records])
+    return [r for r, s in zip(heldout_records, seen) if not s], int(seen.sum())

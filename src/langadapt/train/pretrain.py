@@ -70,7 +70,7 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     from langadapt.model.score import window_spans
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
-    from langadapt.train.data import CorpusSpec, check_heldout, load_blocks
+    from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
 
     _check_recipe_inputs(recipe)
     start = time.time()
@@ -95,7 +95,12 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     if recipe.heldout:
         held = CorpusSpec(recipe.heldout, recipe.lang, recipe.text_field, recipe.column, corpus.clean)
         records = [r for f in held.files() for r in _records_or_empty(held, f)]
-        check_heldout(data, expand_paths(recipe.heldout), records)
+        records, seen = unseen_heldout(data, expand_paths(recipe.heldout), records)
+        if seen and state.is_main_process:
+            print(f"held-out text: {seen} records also appear in the training corpus and are left out of the "
+                  f"held-out score ({len(records)} kept)", file=sys.stderr)
+        if not records:
+            raise LangadaptError("every held-out record also appears in the training corpus; choose other held-out text")
         heldout_text = "\n".join(records)[:recipe.heldout_max_chars]
         window_spans(2, recipe.block_size, max(1, recipe.block_size // 2))
 

@@ -1,0 +1,164 @@
+"""`langadapt run`: the whole recipe from one YAML file, skipping and resuming steps; `--dry-run`
+on every example recipe; the demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from langadapt.cli import main
+from langadapt.errors import LangadaptError
+from langadapt.pipeline import load_run_recipe, plan, run_recipe
+from train_fixtures import heldout_file, train_corpus  # noqa: F401
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+STEPS = ["tokenizer", "model", "pretrain-embeddings", "merge-pretrain-embeddings", "pretrain-lora",
+         "merge-pretrain-lora", "sft", "merge-sft", "eval-tokenizers", "eval-bpc-base", "eval-bpc-pretrain-embeddings",
+         "eval-bpc-pretrain-lora", "eval-bpc-sft", "report"]
+
+
+@pytest.fixture()
+def tiny_recipe(tiny_llama_dir, train_corpus, heldout_file, tmp_path) -> Path:  # noqa: F811
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text("".join(json.dumps({"instruction": f"질문 {i}: 대한민국은?", "input": "",
+                                            "output": "대한민국은 민주공화국이다."}, ensure_ascii=False) + "\n"
+                                for i in range(24)), encoding="utf-8")
+    train = dict(block_size=32, batch_size=2, max_steps=2, eval_steps=0, save_steps=1, logging_steps=1,
+                 lora_r=4, lora_alpha=8, progress=False)
+    recipe = {
+        "name": "tiny", "base": str(tiny_llama_dir), "lang": "ko", "out": str(tmp_path / "run"),
+        "data": {"corpus": [str(train_corpus)], "heldout": [str(heldout_file)], "instructions": [str(sft_data)]},
+        "tokenizer": {"method": "extend", "vocab_size": 24},
+        "pretrain": [{"stage": "embeddings", **train}, {"stage": "lora", **train}],
+        "sft": {"template": "chatml", "max_seq_len": 64, "batch_size": 2, "grad_accum": 1, "max_steps": 2,
+                "eval_steps": 0, "save_steps": 1, "lora_r": 4, "lora_alpha": 8, "progress": False},
+        "eval": {"max_chars": 400, "context": 64, "prompts": 1, "max_new_tokens": 4},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _states(out: Path) -> dict:
+    return json.loads((out / "run-state.json").read_text())["steps"]
+
+
+def test_run_end_to_end_then_skip_then_redo_what_changed(tiny_recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_recipe)]) == 0
+    assert list(_states(out)) == STEPS[:-1] and all(s["done"] for s in _states(out).values())
+    report = (out / "report.md").read_text()
+    figures = json.loads((out / "report.json").read_text())
+    # the extended tokenizer spends fewer tokens per character on the held-out text than the base
+    assert figures["tokens_per_char"][1] < figures["tokens_per_char"][0]
+    assert set(figures["bits_per_char"]) == {"base", "pretrain-embeddings", "pretrain-lora", "sft"}
+    assert "## Summary" in report and "![bits per character](eval/bpc.png)" in report
+    assert (out / "eval" / "bpc.png").is_file() and (out / "pretrain-lora" / "curves.png").is_file()
+    assert len(figures["samples"]) == 1 and {"base", "adapted", "reference"} <= set(figures["samples"][0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model-sft").get_input_embeddings().weight.shape[0] == \
+        len(AutoTokenizer.from_pretrained(out / "model-sft"))
+    capsys.readouterr()
+
+    # the same recipe again: every step is skipped
+    stamp = (out / "model-sft" / "model.safetensors").stat().st_mtime_ns
+    assert main(["run", str(tiny_recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before, skipped") == len(STEPS) - 1
+    assert (out / "model-sft" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # a changed sft hyperparameter redoes sft and what follows it, nothing before
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["sft"]["learning_rate"] = 1e-3
+    tiny_recipe.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    assert main(["run", str(tiny_recipe)]) == 0
+    printed = capsys.readouterr().out
+    redone = [name for name in STEPS if f"] {name}: langadapt" in printed]
+    assert redone == ["sft", "merge-sft", "eval-tokenizers", "eval-bpc-base", "eval-bpc-pretrain-embeddings",
+                      "eval-bpc-pretrain-lora", "eval-bpc-sft"]
+
+
+def test_an_interrupted_training_step_resumes_from_its_checkpoint(tiny_recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_recipe)]) == 0
+    state = json.loads((out / "run-state.json").read_text())
+    state["steps"]["pretrain-lora"]["done"] = False  # as if killed after its checkpoints, before the end
+    (out / "run-state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(["run", str(tiny_recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "checkpoint-2" in printed
+    assert "[1/14] tokenizer: done before, skipped" in printed
+
+
+def test_dry_run_trains_nothing(tiny_recipe, tmp_path, capsys):
+    assert main(["run", str(tiny_recipe), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: recipe, paths and hyperparameters are valid" in printed
+    assert "data.instructions: 24 conversations (alpaca)" in printed
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.update(bse="x"), r"unknown key 'bse'; did you mean 'base'\?"),
+    (lambda r: r["pretrain"][1].update(lora_rank=8), r"pretrain\[1\]: unknown key 'lora_rank'; did you mean 'lora_r'\?"),
+    (lambda r: r["sft"].update(max_seq_len=0), r"sft: max_seq_len must be a positive integer"),
+    (lambda r: r["tokenizer"].update(method="grow"), r"tokenizer.method must be one of extend, prune, keep"),
+    (lambda r: r["data"].update(corpus=["/nonexistent/x.txt"]), r"/nonexistent/x.txt"),
+    (lambda r: r["data"].update(instructions=[]), r"data.instructions .* is required for the sft step"),
+])
+def test_bad_recipes_are_clear_errors(tiny_recipe, mutate, message):
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    mutate(recipe)
+    tiny_recipe.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(LangadaptError, match=message):
+        run_recipe(tiny_recipe, dry_run=True)
+
+
+def test_from_step_redoes_that_step(tiny_recipe):
+    recipe = load_run_recipe(tiny_recipe)
+    names = [s.name for s in plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)]
+    assert names == STEPS
+    with pytest.raises(LangadaptError, match="--from-step sftt: no such step"):
+        run_recipe(tiny_recipe, dry_run=True, from_step="sftt")
+
+
+# ----------------------------------------------------------------------------- example recipes
+
+def _needs(recipe_path: Path) -> list[str]:
+    text = recipe_path.read_text()
+    return ["../shared/data"] if "../shared/data" in text else []
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml") if not p.name.startswith("pretrain-")))
+def test_every_example_recipe_passes_dry_run(name, capsys, monkeypatch):
+    path = RECIPES / name
+    if _needs(path) and not (RECIPES.parent.parent / "shared" / "data").is_dir():
+        pytest.skip("needs ../shared/data")
+    if "embedded:" in path.read_text() and importlib.util.find_spec("konlpy") is None:
+        pytest.skip("needs konlpy")
+    monkeypatch.chdir(RECIPES.parent)  # recipes use paths relative to the project root
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "dry run: recipe, paths and hyperparameters are valid" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the demo
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("konlpy") is None, reason="the embedded corpus needs konlpy")
+def test_demo_on_a_small_budget(tmp_path, capsys):
+    """The real demo recipe (SmolLM2 + embedded corpus) with 1 training minute in all."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--minutes", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"The report is {tmp_path / 'demo' / 'report.md'}" in printed
+    figures = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert figures["tokens_per_char"][1] < 0.5 * figures["tokens_per_char"][0]
+    bpc = figures["bits_per_char"]
+    assert bpc["sft"] < bpc["base"] and bpc["pretrain-lora"] < bpc["base"]
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "derived from the embedded training text itself" in report
