@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from langadapt.cli import main
 from langadapt.corpus import iter_texts
 from langadapt.lang import get_profile
-from langadapt.tokenizer.merge_spm import (BPE, NORMAL, compat_merge, merge_sentencepiece, model_proto,
+from langadapt.tokenizer.merge_spm import (BPE, compat_merge, merge_sentencepiece, model_proto,
                                            read_model, unreachable_pieces)
 from langadapt.tokenizer.train import train_sentencepiece
 

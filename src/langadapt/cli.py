@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
     p.add_argument("--prompt", default=None, metavar="TEXT", help="answer this one message and exit")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate per answer at most")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding (ignores temperature, top-p, top-k)")
+    p.add_argument("--greedy", action="store_true",
+                   help="plain greedy decoding (ignores temperature, top-p, top-k and repetition penalty)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep the top tokens up to this mass")
     p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0: all)")

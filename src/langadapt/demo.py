@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_RECIPE = Path(__file__).with_name("demo_recipe.yaml")
-DEMO_TRAINING_MINUTES = 6.0  # the training budget of demo_recipe.yaml (1.5 + 2.5 + 2)
+DEMO_TRAINING_MINUTES = 6.0  # the training budget of demo_recipe.yaml (1 + 3 + 2)
 
 
 def budget_overrides(recipe: dict, minutes: float) -> dict:

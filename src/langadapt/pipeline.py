@@ -8,7 +8,7 @@ command (so the plan can be printed, and every step re-run by hand):
     -> tokenizer report + eval bpc of each model -> report.md
 
 Each step has a signature: its command, the recipe it writes for `pretrain`/`sft`, and the
-signature of the step before it. `<out>/run-state.json` records the signature of every finished
+signatures of the earlier steps whose outputs it reads. `<out>/run-state.json` records the signature of every finished
 step; a step whose output exists and whose signature matches is skipped, so an interrupted run
 resumes, and a changed recipe redoes the changed step and everything after it. An interrupted
 training step continues from its newest complete checkpoint.
@@ -16,7 +16,6 @@ training step continues from its newest complete checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -165,7 +164,7 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
                                     "--out", str(out / "model-pruned")], out / "model-pruned"))
         model = str(out / "model-pruned")
     adapted_tokenizer = model
-    models = [("base", base)]
+    models = [("base", base)] + ([("extended" if method == "extend" else "pruned", model)] if model != base else [])
 
     for i, stage_cfg in enumerate(recipe.get("pretrain") or []):
         if not isinstance(stage_cfg, dict):
@@ -219,11 +218,20 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
                 "--json", str(evals / f"bpc-{label}.json")], evals / f"bpc-{label}.json"))
     steps.append(Step("report", ["(report)"], out / "report.md"))
 
-    previous = ""
-    for step in steps:
-        blob = json.dumps([previous, step.argv, step.config], sort_keys=True, ensure_ascii=False)
-        step.signature = previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    for i, step in enumerate(steps):
+        uses = [earlier.signature for earlier in steps[:i] if _mentions(step, earlier.output)]
+        blob = json.dumps([uses, step.argv, step.config], sort_keys=True, ensure_ascii=False)
+        step.signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return steps
+
+
+def _mentions(step: Step, path: Path) -> bool:
+    """Whether `step` reads `path` (an argument or recipe value naming it or something inside it)."""
+    values = list(step.argv)
+    for value in (step.config or {}).values():
+        values += value if isinstance(value, list) else [value]
+    target = str(path)
+    return any(str(v) == target or str(v).startswith(target + "/") for v in values)
 
 
 # ----------------------------------------------------------------------------- run
@@ -387,5 +395,3 @@ def run_command(args) -> int:
     run_recipe(args.recipe, out=args.out, dry_run=args.dry_run, from_step=args.from_step)
     return 0
 
-
-__all__ = ["Step", "plan", "run_recipe", "load_run_recipe", "dataclasses"]

@@ -48,7 +48,8 @@ def bpc_plot(rows: list[tuple[str, float]], path: Path) -> None:
 
 
 def sample_answers(recipe: dict, steps, out: Path, count: int, max_new_tokens: int) -> list[dict]:
-    """Greedy answers of the base and the final model to the first held-out instructions."""
+    """Greedy answers (repetition penalty 1.2) of the base and the final model to the first held-out
+    instructions."""
     import torch
 
     from langadapt.model.load import load_model
@@ -85,7 +86,7 @@ def sample_answers(recipe: dict, steps, out: Path, count: int, max_new_tokens: i
             ids = tok(render(tok, template, q, add_generation_prompt=True), add_special_tokens=False,
                       return_tensors="pt")
             with torch.no_grad():
-                new = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                new = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.2,
                                      eos_token_id=stop_token_ids(tok, template),
                                      pad_token_id=tok.pad_token_id or tok.eos_token_id)[0, ids["input_ids"].shape[1]:]
             sample[label] = tok.decode(new, skip_special_tokens=True).strip()
@@ -118,9 +119,21 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
                          f"{_fmt(new_row['tokens_per_unit'])} |")
             figures["tokens_per_char"] = [base_row["tokens_per_char"], new_row["tokens_per_char"]]
         if len(bpcs) > 1:
+            by_name = dict(bpcs)
+            untrained = by_name.get("extended") or by_name.get("pruned")
+            if untrained and bpcs[-1][1] is not untrained:
+                lines.append(f"| held-out bits per character, new vocabulary before training | - | "
+                             f"{_fmt(untrained['bits_per_char'])} |")
             lines.append(f"| held-out bits per character | {_fmt(bpcs[0][1]['bits_per_char'])} | "
                          f"{_fmt(bpcs[-1][1]['bits_per_char'])} (after {bpcs[-1][0]}) |")
             figures["bits_per_char"] = {name: r["bits_per_char"] for name, r in bpcs}
+            if untrained and bpcs[-1][1] is not untrained:
+                base_bpc, start, end = (bpcs[0][1]["bits_per_char"], untrained["bits_per_char"],
+                                        bpcs[-1][1]["bits_per_char"])
+                where = "below" if end < base_bpc else "still above"
+                lines += ["", f"Training lowered the held-out bits per character of the model with the new "
+                              f"vocabulary from {start:.3f} (new rows initialised, untrained) to {end:.3f}, "
+                              f"{where} the base model's {base_bpc:.3f}."]
         lines.append("")
     if toks:
         lines += ["## Tokenizer", "",
@@ -176,7 +189,7 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
 
     samples = sample_answers(recipe, steps, out, int(ev["prompts"]), int(ev["max_new_tokens"]))
     if samples:
-        lines += ["## Sample answers (greedy, held-out instructions)", ""]
+        lines += ["## Sample answers (held-out instructions; greedy, repetition penalty 1.2)", ""]
         for i, s in enumerate(samples, 1):
             lines += [f"**{i}. {s['prompt'][:300]}**", "", f"- reference: {s['reference'][:300]}",
                       f"- base: {s.get('base', '')[:300]}", f"- adapted: {s.get('adapted', '')[:300]}", ""]
