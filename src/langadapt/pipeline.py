@@ -21,7 +21,7 @@ import hashlib
 import importlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
@@ -47,7 +47,6 @@ class Step:
     output: Path                      # exists once the step is done
     config: dict | None = None        # recipe written to <out>/recipes/<name>.yaml (pretrain, sft)
     signature: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def command(self) -> str:
         return "langadapt " + " ".join(_quote(a) for a in self.argv)
@@ -321,8 +320,7 @@ def check_plan(recipe: dict, steps: list[Step]) -> list[str]:
     data = recipe.get("data") or {}
     for key in ("corpus", "heldout"):
         if data.get(key):
-            paths = [p for p in resolve_data_paths(data[key], Path("."), write=False)]
-            files = expand_paths(paths)
+            files = expand_paths(resolve_data_paths(data[key], Path("."), write=False))
             notes.append(f"data.{key}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
     sft_step = next((s for s in steps if s.name == "sft"), None)
     if sft_step is not None:

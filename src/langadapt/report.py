@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SAMPLE_NOTE = {
+from langadapt.errors import LangadaptError
+
+INSTRUCTION_NOTES = {
     "embedded:ko-instructions": "The instruction data is derived from the embedded training text itself, not "
                                 "written by people or a model: each article of the Korean constitution "
                                 "(\"대한민국헌법 제N조의 내용을 쓰세요.\" -> the article's text) and, for each "
@@ -47,7 +49,7 @@ def bpc_plot(rows: list[tuple[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def sample_answers(recipe: dict, steps, out: Path, count: int, max_new_tokens: int) -> list[dict]:
+def sample_answers(recipe: dict, steps, count: int, max_new_tokens: int) -> list[dict]:
     """Greedy answers (repetition penalty 1.2) of the base and the final model to the first held-out
     instructions."""
     import torch
@@ -71,16 +73,16 @@ def sample_answers(recipe: dict, steps, out: Path, count: int, max_new_tokens: i
     else:
         convs, _ = read_conversations(sft.data, skip_bad=sft.skip_bad, fmt=sft.data_format)
         held = split_heldout(convs, sft.heldout_share, sft.seed)[1]
-    questions = [[m for m in c if m["role"] != "assistant"][:1] + [] for c in held[:count]]
-    references = [next(m["content"] for m in c if m["role"] == "assistant") for c in held[:count]]
-    samples = [{"prompt": q[0]["content"], "reference": r} for q, r in zip(questions, references)]
+    firsts = [next(i for i, m in enumerate(c) if m["role"] == "assistant") for c in held[:count]]
+    questions = [c[:i] for c, i in zip(held, firsts)]  # everything before the first answer
+    samples = [{"prompt": c[i - 1]["content"], "reference": c[i]["content"]} for c, i in zip(held, firsts)]
     for label, spec, template_name in (("base", str(recipe["base"]), "auto"), ("adapted", str(final.output), sft.template)):
         source = resolve_model_source(spec)
         tok = load_tokenizer(str(source))
         model = load_model(str(source)).eval()
         try:
             template = resolve_template(tok, template_name)
-        except Exception:
+        except LangadaptError:  # a base without a chat template of its own: the SFT template
             template = resolve_template(tok, sft.template)
         for sample, q in zip(samples, questions):
             ids = tok(render(tok, template, q, add_generation_prompt=True), add_special_tokens=False,
@@ -97,8 +99,9 @@ def sample_answers(recipe: dict, steps, out: Path, count: int, max_new_tokens: i
 def write_report(recipe: dict, steps, out: Path) -> Path:
     """Write <out>/report.md (and <out>/eval/bpc.png) from the outputs of a run's steps."""
     from langadapt.outputs import write_json_atomic
+    from langadapt.pipeline import EVAL_DEFAULTS
 
-    ev = {"max_chars": 20000, "context": 1024, "prompts": 3, "max_new_tokens": 64, **(recipe.get("eval") or {})}
+    ev = {**EVAL_DEFAULTS, **(recipe.get("eval") or {})}
     lines = [f"# langadapt run: {recipe.get('name', out.name)}", ""]
     if recipe.get("description"):
         lines += [str(recipe["description"]).strip(), ""]
@@ -182,12 +185,12 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
             lines += [f"Instruction data: {ex['kept']:,} training examples ({ex['prompt_cut']} with the prompt cut, "
                       f"{ex['answer_cut']} with the answer cut, {ex['dropped']} dropped), "
                       f"{sft_rec['heldout_examples']['kept']:,} held out; template `{sft_rec['template']}`.", ""]
-    notes = [SAMPLE_NOTE[p] for p in (recipe.get("data") or {}).get("instructions") or [] if p in SAMPLE_NOTE]
+    notes = [INSTRUCTION_NOTES[p] for p in (recipe.get("data") or {}).get("instructions") or [] if p in INSTRUCTION_NOTES]
     if (recipe.get("data") or {}).get("instructions_note"):
         notes.append(str(recipe["data"]["instructions_note"]))
     lines += [*(n + "\n" for n in notes)]
 
-    samples = sample_answers(recipe, steps, out, int(ev["prompts"]), int(ev["max_new_tokens"]))
+    samples = sample_answers(recipe, steps, int(ev["prompts"]), int(ev["max_new_tokens"]))
     if samples:
         lines += ["## Sample answers (held-out instructions; greedy, repetition penalty 1.2)", ""]
         for i, s in enumerate(samples, 1):
