@@ -72,15 +72,10 @@ def check_keys(section: dict, name: str, where: str) -> None:
 
 def load_run_recipe(path: str | Path) -> dict:
     """Read and check the structure of a run recipe."""
-    import yaml
+    from langadapt.train.recipe import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise LangadaptError(f"run recipe {path} not found")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LangadaptError(f"{path}: not valid YAML: {e}") from e
+    recipe = read_yaml_mapping(path, "run recipe")
     check_keys(recipe, "", str(path))
     for name in ("data", "tokenizer", "model", "eval"):
         check_keys(recipe.get(name) or {}, name, str(path))

@@ -324,6 +324,26 @@ def load_model_for_training(source, tokenizer):
     return model
 
 
+def run_facts(trainer, result, recipe: TrainKeys, source) -> dict:
+    """The summary entries every training run reports: where its base came from and how far it got."""
+    return {
+        "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        "steps": trainer.state.global_step, "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "stopped_by_max_minutes": bool(recipe.max_minutes) and trainer.state.global_step < trainer.state.max_steps,
+        "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
+    }
+
+
+def finish_run(model, tokenizer, recipe: TrainKeys, source, new_rows, summary: dict, step: str, state) -> None:
+    """Save the result (main process) with `save_result`, draw curves.png, and wait for every process."""
+    out = Path(recipe.out)
+    if state.is_main_process:
+        save_result(model, tokenizer, recipe, source, new_rows, out, summary, step)
+        if (out / METRICS_FILE).is_file():
+            plot_curves(out / METRICS_FILE, out / "curves.png")
+    state.wait_for_everyone()
+
+
 def check_sharding(state, stage: str) -> None:
     """Stages embeddings/lora save rows from the local parameters, which sharding would split."""
     import os

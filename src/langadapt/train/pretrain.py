@@ -17,9 +17,9 @@ import torch
 
 from langadapt.errors import LangadaptError
 from langadapt.train.adapter import base_fingerprint, embedding_pair
-from langadapt.train.engine import (COMPLETE_MARK, METRICS_FILE, RowsTrainer, added_row_ids, check_sharding,
-                                    latest_checkpoint, load_model_for_training, open_run_dir, plot_curves, prepare_model, run_callbacks,
-                                    save_result, train_or_explain, training_arguments)
+from langadapt.train.engine import (COMPLETE_MARK, RowsTrainer, added_row_ids, check_sharding, finish_run,
+                                    latest_checkpoint, load_model_for_training, open_run_dir, prepare_model,
+                                    run_callbacks, run_facts, train_or_explain, training_arguments)
 from langadapt.train.recipe import Recipe, recipe_from_args
 
 __all__ = ["COMPLETE_MARK", "PretrainTrainer", "latest_checkpoint", "prepare_model", "pretrain", "training_arguments"]
@@ -133,23 +133,14 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
             final = trainer.evaluate()
 
     summary = {
-        "stage": recipe.stage, "base": recipe.model,
-        "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source), "base_fingerprint": fingerprint,
-        "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
+        "stage": recipe.stage, "base": recipe.model, **run_facts(trainer, result, recipe, source),
+        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
         "new_rows_only": new_rows is not None, "trained_rows": [new_rows[0], vocab_rows] if new_rows else None,
-        "trainable_parameters": trainable, "steps": trainer.state.global_step,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "stopped_by_max_minutes": bool(recipe.max_minutes) and trainer.state.global_step < trainer.state.max_steps,
-        "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
-        "heldout_bpc": final.get("eval_bpc"), "data": data.facts(),
+        "trainable_parameters": trainable, "heldout_bpc": final.get("eval_bpc"), "data": data.facts(),
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
     }
-    if state.is_main_process:
-        save_result(model, tokenizer, recipe, source, new_rows, out, summary, f"pretrain-{recipe.stage}")
-        if (out / METRICS_FILE).is_file():
-            plot_curves(out / METRICS_FILE, out / "curves.png")
-    state.wait_for_everyone()
+    finish_run(model, tokenizer, recipe, source, new_rows, summary, f"pretrain-{recipe.stage}", state)
     return summary, model
 
 

@@ -208,21 +208,26 @@ def recipe_from_dict(data: dict, where: str = "recipe", base=None, cls: type | N
     return recipe
 
 
-def load_recipe(path: str | Path | None, overrides: dict | None = None, cls: type = Recipe):
-    """Read a YAML recipe and apply command-line overrides (None values are not overrides)."""
+def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:
+    """The top-level mapping of a YAML file, with one-line errors for a missing file, invalid YAML
+    or another top level."""
     import yaml
 
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise LangadaptError(f"recipe {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise LangadaptError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise LangadaptError(f"{path}: expected a mapping of keys to values at the top level")
+    path = Path(path)
+    if not path.is_file():
+        raise LangadaptError(f"{what} {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LangadaptError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise LangadaptError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def load_recipe(path: str | Path | None, overrides: dict | None = None, cls: type = Recipe):
+    """Read a YAML recipe and apply command-line overrides (None values are not overrides)."""
+    data = read_yaml_mapping(path) if path is not None else {}
     where = str(path) if path else "command line"
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return recipe_from_dict(data, where, cls=cls)

@@ -84,9 +84,9 @@ def sft(recipe: SftRecipe) -> tuple[dict, object]:
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.tokenizer.templates import resolve_template
     from langadapt.train.adapter import base_fingerprint, embedding_pair
-    from langadapt.train.engine import (METRICS_FILE, RowsTrainer, check_sharding, load_model_for_training,
-                                        open_run_dir, plot_curves, prepare_model, run_callbacks, save_result,
-                                        train_or_explain, training_arguments)
+    from langadapt.train.engine import (RowsTrainer, check_sharding, finish_run, load_model_for_training,
+                                        open_run_dir, prepare_model, run_callbacks, run_facts, train_or_explain,
+                                        training_arguments)
     from langadapt.train.merge import read_adapter
     from langadapt.train.sft_data import collate, encode_conversations, pack
 
@@ -140,23 +140,16 @@ def sft(recipe: SftRecipe) -> tuple[dict, object]:
 
     summary = {
         "stage": recipe.stage, "base": model_spec, "continued_adapter": recipe.adapter,
-        "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        **run_facts(trainer, result, recipe, source),
         "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
         "template": recipe.template, "read": read_stats, "train_examples": train_stats.facts(),
         "heldout_examples": held_stats.facts(), "packed_rows": len(rows) if recipe.pack else None,
-        "trainable_parameters": trainable, "steps": trainer.state.global_step,
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "stopped_by_max_minutes": bool(recipe.max_minutes) and trainer.state.global_step < trainer.state.max_steps,
-        "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
+        "trainable_parameters": trainable,
         "heldout_answer_loss_before": before.get("eval_loss"), "heldout_answer_loss": after.get("eval_loss"),
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
     }
-    if state.is_main_process:
-        save_result(model, tokenizer, recipe, source, None, out, summary, f"sft-{recipe.stage}")
-        if (out / METRICS_FILE).is_file():
-            plot_curves(out / METRICS_FILE, out / "curves.png")
-    state.wait_for_everyone()
+    finish_run(model, tokenizer, recipe, source, None, summary, f"sft-{recipe.stage}", state)
     return summary, model
 
 
