@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TIBETAN_SEED_SENTENCE
 from langadapt.cli import main
-from langadapt.corpus import ReadStats, expand_paths, iter_records, iter_texts
+from langadapt.corpus import ReadingOptions, ReadStats, expand_paths, iter_records, iter_texts
 from langadapt.corpus.clean import clean_kangyur
 from langadapt.corpus.embedded import embedded_corpus_paths
 from langadapt.corpus.stats import corpus_stats
@@ -208,7 +208,7 @@ def test_tibet_times_counts(shared_data):
 
 
 def test_corpus_stats_on_tibet_times(shared_data):
-    s = corpus_stats([shared_data / "bo/news-tibettimes-2016"], BO)
+    s = corpus_stats([shared_data / "bo/news-tibettimes-2016"], ReadingOptions(lang="bo"))
     assert (s["files"], s["records"], s["characters"]) == (695, 1429, 2_573_915)
     assert s["units"] == 677_390 and s["unit_name"] == "syllables+shads"
     assert s["duplicate_records"] == 9

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.tokenizer.templates import BUILTIN_TEMPLATES, answer_spans, resolve_template
-from langadapt.train.recipe import SftRecipe, recipe_from_dict
+from langadapt.train.recipe import SftOptions, recipe_from_dict
 from langadapt.train.sft import sft, split_heldout
 from langadapt.train.sft_data import IGNORE, collate, encode_conversation, label_tokens, pack, truncate
 
@@ -194,12 +194,12 @@ def _write_alpaca(path, n):
     return path
 
 
-def _sft_recipe(model_dir, data, out, **kw) -> SftRecipe:
+def _sft_recipe(model_dir, data, out, **kw) -> SftOptions:
     base = dict(model=str(model_dir), data=[str(data)], out=str(out), template="chatml", max_seq_len=64,
                 batch_size=4, grad_accum=1, max_steps=6, learning_rate=5e-3, lora_r=8, lora_alpha=16,
                 eval_steps=0, save_steps=100, logging_steps=1, progress=False, heldout_share=0.1)
     base.update(kw)
-    return recipe_from_dict(base, cls=SftRecipe)
+    return recipe_from_dict(base, cls=SftOptions)
 
 
 def test_sft_trains_answers_and_merges(tiny_llama_dir, tmp_path):

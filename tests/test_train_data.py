@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from langadapt.corpus import ReadingOptions
 from langadapt.errors import LangadaptError
 from langadapt.train.data import (BlockDataset, CorpusSpec, build_token_cache, file_key,
                                   load_blocks, tokenizer_key)
@@ -77,7 +78,7 @@ def test_interrupted_build_resumes_with_the_missing_files_only(tok, tmp_path):
 def test_cache_keys_follow_tokenizer_file_and_read_options(tok, tiny_tokenizer_dir, tmp_path):
     f = make_corpus(tmp_path / "c.txt", 5)
     key = file_key(f, CorpusSpec([f]).read_options())
-    assert key != file_key(f, CorpusSpec([f], lang="ko").read_options())
+    assert key != file_key(f, CorpusSpec([f], ReadingOptions(lang="ko")).read_options())
     os.utime(f, ns=(1, 1))
     assert key != file_key(f, CorpusSpec([f]).read_options())
     other = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)

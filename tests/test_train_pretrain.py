@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -196,21 +195,20 @@ def test_bad_input_errors(tiny_llama_dir, train_corpus, tmp_path):
         pretrain(_recipe(tiny_llama_dir, train_corpus, tmp_path / "e", heldout=[str(train_corpus)]))
     with pytest.raises(LangadaptError, match=r"lora_targets \['qkv'\] are not modules"):
         pretrain(_recipe(tiny_llama_dir, train_corpus, tmp_path / "f", lora_targets=["qkv"]))
-    with pytest.raises(LangadaptError, match="recipe key 'corpus' is required"):
+    with pytest.raises(LangadaptError, match="recipe: corpus is required"):
         pretrain(recipe_from_dict({"model": str(tiny_llama_dir), "out": str(tmp_path / "g")}))
 
 
 def test_merge_rejects_what_is_not_an_adapter(tiny_llama_dir, tmp_path):
-    args = argparse.Namespace(adapter=str(tiny_llama_dir), out=str(tmp_path / "m"), base=None, dtype=None,
-                              overwrite=False)
-    from langadapt.train.merge import run_merge
+    from langadapt.outputs import OutputOptions
+    from langadapt.train.merge import MergeOptions, merge_command
 
     with pytest.raises(LangadaptError, match="no adaptation.json; expected an adapter dir"):
-        run_merge(args)
+        merge_command(MergeOptions(adapter=str(tiny_llama_dir), output=OutputOptions(out=str(tmp_path / "m"))))
 
 
 def test_resume_skips_a_checkpoint_whose_save_did_not_finish(tmp_path):
-    from langadapt.train.pretrain import COMPLETE_MARK, latest_checkpoint
+    from langadapt.train.engine import COMPLETE_MARK, latest_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):  # checkpoint-6: killed or disk full mid-save
         folder = tmp_path / f"checkpoint-{step}"

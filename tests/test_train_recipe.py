@@ -6,7 +6,8 @@ import pytest
 
 from langadapt.cli import build_parser
 from langadapt.errors import LangadaptError
-from langadapt.train.recipe import LORA_TARGETS, load_recipe, recipe_from_args
+from langadapt.options import from_args
+from langadapt.train.recipe import LORA_TARGETS, PretrainOptions, load_recipe
 
 
 def _write(tmp_path, text):
@@ -47,19 +48,19 @@ def test_wrong_types_and_values_are_errors(tmp_path):
 
 def test_every_key_is_a_command_line_option_and_wins(tmp_path):
     path = _write(tmp_path, "model: m\nblock_size: 512\nstage: embeddings\ncorpus: [a.txt]\nnew_rows_only: false\n")
-    args = build_parser().parse_args(["pretrain", "--config", str(path), "--block-size", "128", "--corpus", "x",
+    args = build_parser().parse_args(["pretrain", "--config", str(path), "--out", "o", "--block-size", "128", "--corpus", "x",
                                       "y", "--new-rows-only", "--learning-rate", "1e-3", "--lora-targets", "q_proj"])
-    r = recipe_from_args(args)
+    r = from_args(PretrainOptions, args)
     assert (r.block_size, r.stage, r.corpus, r.new_rows_only) == (128, "embeddings", ["x", "y"], True)
     assert (r.learning_rate, r.lora_targets, r.model) == (1e-3, ["q_proj"], "m")
-    r = recipe_from_args(build_parser().parse_args(["pretrain", "--model", "m2", "--gradient-checkpointing", "false"]))
+    r = from_args(PretrainOptions, build_parser().parse_args(["pretrain", "--model", "m2", "--gradient-checkpointing", "false", "--out", "o", "--corpus", "c"]))
     assert (r.model, r.gradient_checkpointing, r.block_size) == ("m2", False, 1024)
 
 
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("pretrain-*.yaml"))
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "stages").glob("pretrain-*.yaml"))
     assert [p.name for p in recipes] == ["pretrain-embeddings.yaml", "pretrain-full.yaml", "pretrain-lora.yaml"]
     stages = [load_recipe(p).stage for p in recipes]
     assert stages == ["embeddings", "full", "lora"]

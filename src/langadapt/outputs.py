@@ -10,13 +10,32 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from langadapt import __version__
 from langadapt.errors import LangadaptError
+from langadapt.options import Options, option
 
 ADAPTATION_FILE = "adaptation.json"
+
+
+@dataclass
+class OutputOptions(Options):
+    """Where a command writes its output directory, and whether it may replace one."""
+
+    out: str = option(None, metavar="DIR", required=True, help="output directory (written atomically)")
+    overwrite: bool = option(False, help="replace an existing --out")
+
+    def check_free(self) -> None:
+        """Fail early (before long work) when `out` exists and may not be replaced."""
+        if Path(self.out).exists() and not self.overwrite:
+            raise LangadaptError(f"output {self.out} already exists; choose another --out or pass --overwrite")
+
+    def directory(self):
+        """`atomic_output_dir` for `out`: a temporary directory renamed to `out` when the block succeeds."""
+        return atomic_output_dir(self.out, overwrite=self.overwrite)
 
 
 @contextmanager

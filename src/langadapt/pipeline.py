@@ -1,41 +1,78 @@
 """`langadapt run`: the whole recipe from one YAML file.
 
-A run recipe names the base model, the language, the data and one section per stage (see the
-README, "Recipe format"). `plan` turns it into a list of steps, each an ordinary `langadapt`
-command (so the plan can be printed, and every step re-run by hand):
+A run recipe names the base model, the language, the data and one section per stage (README,
+"Recipe format"). `plan` turns it into steps, each a `langadapt` command with its options
+object, built and checked up front (so `--dry-run` is exactly "build and check every step"):
 
     tokenizer merge|prune -> model extend|prune -> pretrain (each stage) -> merge -> sft -> merge
-    -> tokenizer report + eval bpc of each model -> report.md
+    [-> the control arm: pretrain lora on the base with the same tokens -> merge -> sft -> merge]
+    -> tokenizer report, eval bpc of each model, eval generate (sample answers) -> report.md
 
-Each step has a signature: its command, the recipe it writes for `pretrain`/`sft`, and the
-signatures of the earlier steps whose outputs it reads. `<out>/run-state.json` records the signature of every finished
-step; a step whose output exists and whose signature matches is skipped, so an interrupted run
-resumes, and a changed recipe redoes the changed step and everything after it. An interrupted
-training step continues from its newest complete checkpoint.
+Each step has a signature: its command and options, and the signatures of the earlier steps
+whose outputs it reads. `<out>/run-state.json` records the signature of every finished step; a
+step whose output exists and whose signature matches is skipped, so an interrupted run resumes,
+and a changed recipe redoes the changed step and everything that reads its output. An
+interrupted training step continues from its newest complete checkpoint.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
-import importlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from langadapt.errors import LangadaptError
+import yaml
 
-SECTION_KEYS = {
-    "": {"name", "description", "base", "lang", "out", "data", "tokenizer", "model", "pretrain", "sft", "eval"},
-    "data": {"corpus", "heldout", "instructions", "instructions_note", "text_field", "column", "clean"},
-    "tokenizer": {"method", "vocab_size", "add", "sample_sentences", "min_count", "compat"},
-    "model": {"init", "pad_to_multiple_of"},
-    "eval": {"max_chars", "context", "prompts", "max_new_tokens"},
-}
+from langadapt.commands import find
+from langadapt.corpus import ReadingOptions, expand_paths
+from langadapt.corpus.embedded import embedded_instructions
+from langadapt.errors import LangadaptError
+from langadapt.eval.bpc import EvalBpcOptions
+from langadapt.eval.generate import EvalGenerateOptions
+from langadapt.model.extend import ModelExtendOptions
+from langadapt.model.prune import ModelPruneOptions
+from langadapt.options import (Options, OptionError, embed, from_mapping, option, read_yaml_mapping, to_argv,
+                               to_mapping, unknown_key_error)
+from langadapt.outputs import OutputOptions, write_json_atomic
+from langadapt.run_report import write_report
+from langadapt.sources import ALIASES, looks_like_hub_id
+from langadapt.tokenizer.merge import TokenizerMergeOptions
+from langadapt.tokenizer.prune import TokenizerPruneOptions
+from langadapt.tokenizer.report import TokenizerReportOptions
+from langadapt.train.engine import latest_checkpoint
+from langadapt.train.instructions import read_conversations
+from langadapt.train.merge import MergeOptions
+from langadapt.train.recipe import PretrainOptions, SftOptions
+
+TOP_KEYS = ("name", "description", "base", "lang", "out", "data", "tokenizer", "model", "pretrain", "sft",
+            "control", "eval")
 TOKENIZER_METHODS = ("extend", "prune", "keep")
-EVAL_DEFAULTS = {"max_chars": 20000, "context": 1024, "prompts": 3, "max_new_tokens": 64}
 STATE_FILE = "run-state.json"
+
+
+@dataclass
+class DataOptions(Options):
+    """The `data:` section: where the text is and how to read it (the language is the recipe's `lang`)."""
+
+    corpus: list[str] = option([], help="tokenizer and pretraining text")
+    heldout: list[str] = option([], help="never trained on: bits per char, tokenizer report")
+    instructions: list[str] = option([], help="instruction files for sft")
+    instructions_note: str | None = option(None, help="where the instruction data comes from (shown in the report)")
+    reading: ReadingOptions = embed(ReadingOptions)
+
+
+@dataclass
+class EvalOptions(Options):
+    """The `eval:` section: how the models are compared."""
+
+    max_chars: int = option(20000, help="held-out characters scored")
+    context: int = option(1024, help="scoring window (tokens)")
+    stride: int | None = option(None, help="tokens the scoring window moves by (default: context / 2)")
+    prompts: int = option(3, help="held-out instructions answered by each model (sample answers, generation speed)")
+    max_new_tokens: int = option(64, help="tokens per sample answer")
 
 
 @dataclass
@@ -43,64 +80,65 @@ class Step:
     """One `langadapt` command of a run."""
 
     name: str
-    argv: list[str]
-    output: Path                      # exists once the step is done
-    config: dict | None = None        # recipe written to <out>/recipes/<name>.yaml (pretrain, sft)
+    command: str                  # e.g. "tokenizer merge"
+    options: Options
+    output: Path                  # exists once the step is done
     signature: str = ""
 
-    def command(self) -> str:
-        return "langadapt " + " ".join(_quote(a) for a in self.argv)
+    def argv(self) -> list[str]:
+        return self.command.split() + to_argv(self.options)
+
+    def text(self) -> str:
+        return "langadapt " + " ".join(_quote(a) for a in self.argv())
+
+    @property
+    def trains(self) -> bool:
+        return self.command in ("pretrain", "sft")
+
+    @property
+    def writes(self) -> str:
+        """Where the step writes: its run directory for a training step, else its output."""
+        return str(self.options.out if self.trains else self.output)
 
 
 def _quote(arg: str) -> str:
     return f"'{arg}'" if (not arg or any(c in arg for c in " '\"$*?")) else arg
 
 
-# ----------------------------------------------------------------------------- recipe
-
-def check_keys(section: dict, name: str, where: str) -> None:
-    """Unknown keys of a recipe section: an error naming the nearest known key."""
-    known = SECTION_KEYS[name]
-    if not isinstance(section, dict):
-        raise LangadaptError(f"{where}: '{name or 'the top level'}' must be a mapping of keys to values")
-    for key in section:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(sorted(known))}"
-            raise LangadaptError(f"{where}: unknown key '{name + '.' if name else ''}{key}'{hint}")
-
+# ----------------------------------------------------------------------------- the recipe
 
 def load_run_recipe(path: str | Path) -> dict:
-    """Read and check the structure of a run recipe."""
-    from langadapt.train.recipe import read_yaml_mapping
-
+    """A run recipe's top-level mapping, its keys checked (the sections are checked by `plan`)."""
     path = Path(path)
     recipe = read_yaml_mapping(path, "run recipe")
-    check_keys(recipe, "", str(path))
-    for name in ("data", "tokenizer", "model", "eval"):
-        check_keys(recipe.get(name) or {}, name, str(path))
+    for key in recipe:
+        if key not in TOP_KEYS:
+            raise unknown_key_error(str(key), list(TOP_KEYS), str(path))
     for key in ("base", "lang", "out"):
         if not recipe.get(key):
             raise LangadaptError(f"{path}: '{key}' is required")
-    if not (recipe.get("data") or {}).get("corpus") and recipe.get("pretrain"):
-        raise LangadaptError(f"{path}: data.corpus is required for the tokenizer and pretraining steps")
-    method = (recipe.get("tokenizer") or {}).get("method", "extend")
-    if method not in TOKENIZER_METHODS:
-        raise LangadaptError(f"{path}: tokenizer.method must be one of {', '.join(TOKENIZER_METHODS)}, got '{method}'")
     if not isinstance(recipe.get("pretrain") or [], list):
         raise LangadaptError(f"{path}: 'pretrain' must be a list of stages (each a mapping of pretrain keys)")
     return recipe
 
 
-def resolve_data_paths(values, out: Path, write: bool) -> list[str]:
+def _section(cls: type, given, filled: dict, where: str, section: str):
+    """A step's options from a recipe section (`given`) plus what the run fills in; keys the run fills in
+    may not be given."""
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise LangadaptError(f"{where}: {section}: must be a mapping of keys to values")
+    for key in given:
+        if key in filled:
+            raise LangadaptError(f"{where}: {section}: '{key}' is set by `langadapt run`, not in the recipe")
+    return from_mapping(cls, {**given, **filled}, where, section=section)
+
+
+def resolve_data_paths(values: list[str], out: Path, write: bool) -> list[str]:
     """Recipe data paths; `embedded:ko-instructions` is written to <out>/data (the corpus readers
     understand the other `embedded:` sets themselves)."""
-    from langadapt.corpus.embedded import embedded_instructions
-    from langadapt.outputs import write_json_atomic
-
     paths = []
-    for value in [values] if isinstance(values, str) else (values or []):
-        value = str(value)
+    for value in values:
         if value == "embedded:ko-instructions":
             target = out / "data" / "ko-instructions.json"
             if write and not target.is_file():
@@ -115,117 +153,182 @@ def resolve_data_paths(values, out: Path, write: bool) -> list[str]:
 # ----------------------------------------------------------------------------- plan
 
 def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list[Step]:
-    """The steps of a run recipe, in order, with their signatures."""
-    from langadapt.train.recipe import Recipe, SftRecipe, recipe_from_dict
-
+    """The steps of a run recipe, in order, every options object built and checked, with signatures."""
     where = str(recipe_path)
     base, lang = str(recipe["base"]), str(recipe["lang"])
-    data = recipe.get("data") or {}
-    corpus = resolve_data_paths(data.get("corpus"), out, write)
-    heldout = resolve_data_paths(data.get("heldout"), out, write)
-    reading = []
-    for key, flag in (("text_field", "--field"), ("column", "--column"), ("clean", "--clean")):
-        if data.get(key) is not None:
-            reading += [flag, str(data[key])]
-    tok_cfg, model_cfg = recipe.get("tokenizer") or {}, recipe.get("model") or {}
-    method = tok_cfg.get("method", "extend")
+    data_section = dict(recipe.get("data") or {})
+    if "lang" in data_section:
+        raise LangadaptError(f"{where}: data: 'lang' is set at the top level of the recipe")
+    data = from_mapping(DataOptions, {**data_section, "lang": lang}, where, section="data")
+    reading = to_mapping(data.reading)
+    corpus = resolve_data_paths(data.corpus, out, write)
+    heldout = resolve_data_paths(data.heldout, out, write)
+    evals = from_mapping(EvalOptions, recipe.get("eval") or {}, where, section="eval")
+    replace = {"overwrite": True}  # a step's output with another signature is replaced (outputs are atomic)
     steps: list[Step] = []
-    model = base
 
+    tok_section = dict(recipe.get("tokenizer") or {})
+    method = tok_section.pop("method", "extend")
+    if method not in TOKENIZER_METHODS:
+        raise LangadaptError(f"{where}: tokenizer.method must be one of {', '.join(TOKENIZER_METHODS)}, got '{method}'")
+    if method != "keep" and not corpus:
+        raise LangadaptError(f"{where}: data.corpus is required for tokenizer.method {method}")
+    model = base
     if method == "extend":
-        argv = ["tokenizer", "merge", "--base", base, "--lang", lang, "--out", str(out / "tokenizer"), *reading]
-        if tok_cfg.get("add"):
-            argv += ["--add", str(tok_cfg["add"])]
-        else:
-            if not tok_cfg.get("vocab_size"):
-                raise LangadaptError(f"{where}: tokenizer.vocab_size (pieces to train) or tokenizer.add is required")
-            argv += ["--corpus", *corpus, "--vocab-size", str(int(tok_cfg["vocab_size"]))]
-        for key, flag in (("sample_sentences", "--sample-sentences"), ("compat", "--compat")):
-            if tok_cfg.get(key) is not None:
-                argv += [flag, str(tok_cfg[key])]
-        steps.append(Step("tokenizer", argv, out / "tokenizer"))
-        argv = ["model", "extend", "--base", base, "--tokenizer", str(out / "tokenizer"),
-                "--init", str(model_cfg.get("init", "mean")), "--out", str(out / "model-extended")]
-        if model_cfg.get("pad_to_multiple_of"):
-            argv += ["--pad-to-multiple-of", str(int(model_cfg["pad_to_multiple_of"]))]
-        steps.append(Step("model", argv, out / "model-extended"))
+        filled = {"base": base, "out": str(out / "tokenizer"), **replace, **reading,
+                  **({} if tok_section.get("add") else {"corpus": corpus})}
+        steps.append(Step("tokenizer", "tokenizer merge", _section(TokenizerMergeOptions, tok_section, filled, where,
+                                                                   "tokenizer"), out / "tokenizer"))
         model = str(out / "model-extended")
+        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, **replace}
+        steps.append(Step("model", "model extend", _section(ModelExtendOptions, recipe.get("model"), filled, where,
+                                                            "model"), Path(model)))
     elif method == "prune":
-        argv = ["tokenizer", "prune", "--base", base, "--corpus", *corpus, "--lang", lang, *reading,
-                "--min-count", str(int(tok_cfg.get("min_count", 1))), "--out", str(out / "tokenizer")]
-        steps.append(Step("tokenizer", argv, out / "tokenizer"))
-        steps.append(Step("model", ["model", "prune", "--base", base, "--tokenizer", str(out / "tokenizer"),
-                                    "--out", str(out / "model-pruned")], out / "model-pruned"))
+        filled = {"base": base, "corpus": corpus, "out": str(out / "tokenizer"), **replace, **reading}
+        steps.append(Step("tokenizer", "tokenizer prune", _section(TokenizerPruneOptions, tok_section, filled, where,
+                                                                   "tokenizer"), out / "tokenizer"))
         model = str(out / "model-pruned")
+        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, **replace}
+        steps.append(Step("model", "model prune", _section(ModelPruneOptions, recipe.get("model"), filled, where,
+                                                           "model"), Path(model)))
     adapted_tokenizer = model
     models = [("base", base)] + ([("extended" if method == "extend" else "pruned", model)] if model != base else [])
 
-    for i, stage_cfg in enumerate(recipe.get("pretrain") or []):
-        if not isinstance(stage_cfg, dict):
-            raise LangadaptError(f"{where}: pretrain[{i}] must be a mapping of pretrain keys")
-        stage = stage_cfg.get("stage", "lora")
-        name = f"pretrain-{stage}" if sum(s.get("stage", "lora") == stage for s in recipe["pretrain"]) == 1 \
-            else f"pretrain-{i + 1}-{stage}"
-        config = {"lang": lang, "heldout": heldout, **stage_cfg, "model": model, "corpus": corpus,
-                  "out": str(out / name)}
-        for key in ("text_field", "column", "clean"):
-            if data.get(key) is not None:
-                config.setdefault(key, data[key])
-        recipe_from_dict(config, f"{where}: pretrain[{i}]", cls=Recipe)  # validates every key and value
-        result = out / name / ("model" if stage == "full" else "adapter")
-        steps.append(Step(name, ["pretrain", "--config", str(out / "recipes" / f"{name}.yaml")], result, config))
-        model = str(result)
-        if stage != "full":
-            merged = out / f"model-{name}"
-            steps.append(Step(f"merge-{name}", ["merge", "--adapter", str(result), "--out", str(merged)], merged))
-            model = str(merged)
+    stages = recipe.get("pretrain") or []
+    names = [s.get("stage", "lora") if isinstance(s, dict) else "" for s in stages]
+    for i, stage_section in enumerate(stages):
+        name = f"pretrain-{names[i]}" if names.count(names[i]) == 1 else f"pretrain-{i + 1}-{names[i]}"
+        filled = {"model": model, "corpus": corpus, "heldout": heldout, "out": str(out / name), **reading}
+        model = _train(steps, name, "pretrain", _section(PretrainOptions, stage_section, filled, where,
+                                                         f"pretrain[{i}]"), out)
         models.append((name, model))
 
-    if recipe.get("sft"):
-        instructions = resolve_data_paths(data.get("instructions"), out, write)
+    sft_section = recipe.get("sft")
+    instructions = resolve_data_paths(data.instructions, out, write)
+    if sft_section is not None:
         if not instructions:
             raise LangadaptError(f"{where}: data.instructions (instruction files) is required for the sft step")
-        config = {**recipe["sft"], "model": model, "data": instructions, "out": str(out / "sft")}
-        sft_recipe = recipe_from_dict(config, f"{where}: sft", cls=SftRecipe)
-        result = out / "sft" / ("model" if sft_recipe.stage == "full" else "adapter")
-        steps.append(Step("sft", ["sft", "--config", str(out / "recipes" / "sft.yaml")], result, config))
-        model = str(result)
-        if sft_recipe.stage != "full":
-            steps.append(Step("merge-sft", ["merge", "--adapter", str(result), "--out", str(out / "model-sft")],
-                              out / "model-sft"))
-            model = str(out / "model-sft")
+        filled = {"model": model, "data": instructions, "out": str(out / "sft")}
+        sft = _section(SftOptions, sft_section, filled, where, "sft")
+        model = _train(steps, "sft", "sft", sft, out)
         models.append(("sft", model))
+    arms = [("base", base), ("adapted", model)]
 
-    ev = {**EVAL_DEFAULTS, **(recipe.get("eval") or {})}
+    control = recipe.get("control")
+    if control is not None:
+        arm = _control_arm(steps, control, base, corpus, heldout, reading, sft_section, instructions, where, out)
+        models.append(("control", arm))
+        arms.append(("control", arm))
+
     if heldout:
-        evals = out / "eval"
-        argv = ["tokenizer", "report", "--tokenizer", base, "--name", "base", "--corpus", *heldout, "--lang", lang,
-                *reading, "--max-chars", str(ev["max_chars"]), "--json", str(evals / "tokenizers.json"),
-                "--plot", str(evals / "tokenizers.png")]
-        if adapted_tokenizer != base:
-            argv += ["--tokenizer", adapted_tokenizer, "--name", "adapted"]
-        steps.append(Step("eval-tokenizers", argv, evals / "tokenizers.json"))
+        report_filled = {"tokenizer": [base] + ([adapted_tokenizer] if adapted_tokenizer != base else []),
+                         "name": ["base"] + (["adapted"] if adapted_tokenizer != base else []),
+                         "corpus": heldout, **reading, "max_chars": evals.max_chars,
+                         "json": str(out / "eval" / "tokenizers.json"), "plot": str(out / "eval" / "tokenizers.png")}
+        steps.append(Step("eval-tokenizers", "tokenizer report", from_mapping(TokenizerReportOptions, report_filled,
+                                                                              where), out / "eval" / "tokenizers.json"))
         for label, path in models:
-            steps.append(Step(f"eval-bpc-{label}", [
-                "eval", "bpc", "--model", path, "--text", *heldout, "--lang", lang, "--max-chars",
-                str(ev["max_chars"]), "--context", str(ev["context"]), "--stride", str(max(1, ev["context"] // 2)),
-                "--json", str(evals / f"bpc-{label}.json")], evals / f"bpc-{label}.json"))
-    steps.append(Step("report", ["(report)"], out / "report.md"))
-
-    for i, step in enumerate(steps):
-        uses = [earlier.signature for earlier in steps[:i] if _mentions(step, earlier.output)]
-        blob = json.dumps([uses, step.argv, step.config], sort_keys=True, ensure_ascii=False)
-        step.signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            result = out / "eval" / f"bpc-{label}.json"
+            steps.append(Step(f"eval-bpc-{label}", "eval bpc", EvalBpcOptions(
+                model=path, text=heldout, reading=ReadingOptions(**reading), max_chars=evals.max_chars,
+                context=evals.context, stride=evals.stride or max(1, evals.context // 2), json=str(result)), result))
+    if sft_section is not None and evals.prompts > 0 and (sft.heldout or sft.heldout_share > 0):
+        for label, path in arms:
+            result = out / "eval" / f"generate-{label}.json"
+            steps.append(Step(f"eval-generate-{label}", "eval generate", EvalGenerateOptions(
+                model=path, data=[str(out / "sft" / "heldout.jsonl")], reading=ReadingOptions(**reading),
+                limit=evals.prompts, max_new_tokens=evals.max_new_tokens, json=str(result)), result))
+    _sign(steps)
     return steps
 
 
-def _mentions(step: Step, path: Path) -> bool:
-    """Whether `step` reads `path` (an argument or recipe value naming it or something inside it)."""
-    values = list(step.argv)
-    for value in (step.config or {}).values():
-        values += value if isinstance(value, list) else [value]
-    target = str(path)
-    return any(str(v) == target or str(v).startswith(target + "/") for v in values)
+def _train(steps: list[Step], name: str, command: str, options, out: Path) -> str:
+    """Add a training step (and, for an adapter, its merge); return the resulting model dir."""
+    result = out / name / ("model" if options.stage == "full" else "adapter")
+    steps.append(Step(name, command, options, result))
+    if options.stage == "full":
+        return str(result)
+    merged = out / f"model-{name}"
+    steps.append(Step(f"merge-{name}", "merge", MergeOptions(adapter=str(result), output=OutputOptions(
+        out=str(merged), overwrite=True)), merged))
+    return str(merged)
+
+
+def _control_arm(steps: list[Step], section, base: str, corpus: list[str], heldout: list[str], reading: dict,
+                 sft_section, instructions: list[str], where: str, out: Path) -> str:
+    """The control arm: the base with its own vocabulary, LoRA-trained on the same corpus for the same
+    number of tokens as every pretrain stage of the adapted arm together, then the same sft."""
+    section = {} if section is True else section
+    if not isinstance(section, dict):
+        raise LangadaptError(f"{where}: control: must be true or a mapping of pretrain keys for the control arm")
+    stages = [s.options for s in steps if s.command == "pretrain"]
+    if not stages:
+        raise LangadaptError(f"{where}: control: needs pretrain stages to match")
+    filled = {"model": base, "corpus": corpus, "heldout": heldout, "out": str(out / "pretrain-control"), **reading,
+              "max_tokens": sum(_budget_tokens(s, where) for s in stages)}
+    inherited = {k: v for k, v in to_mapping(stages[-1]).items()
+                 if k not in filled and k not in ("max_steps", "epochs", "new_rows_only", "resume", "overwrite")}
+    options = _section(PretrainOptions, {**inherited, "stage": "lora", **section}, filled, where, "control")
+    model = _train(steps, "pretrain-control", "pretrain", options, out)
+    if sft_section is not None:
+        filled = {"model": model, "data": instructions, "out": str(out / "sft-control")}
+        model = _train(steps, "sft-control", "sft", _section(SftOptions, sft_section, filled, where, "sft"), out)
+    return model
+
+
+def _budget_tokens(options: PretrainOptions, where: str) -> int:
+    """The tokens a pretrain stage trains on, known before it runs (max_tokens, or max_steps x tokens per step)."""
+    if options.max_tokens:
+        return options.max_tokens
+    if options.max_steps > 0:
+        return options.max_steps * options.batch_size * options.grad_accum * options.block_size
+    raise LangadaptError(f"{where}: control: the pretrain stages must be budgeted in max_tokens or max_steps, so "
+                         "that the control arm can train on as many tokens")
+
+
+def _sign(steps: list[Step]) -> None:
+    """Each step's signature: its command and options, and the signatures of the steps whose outputs it reads."""
+    for i, step in enumerate(steps):
+        options = to_mapping(step.options)
+        values = [str(v) for value in options.values() for v in (value if isinstance(value, list) else [value])]
+        uses = [e.signature for e in steps[:i] if any(v == e.writes or v.startswith(e.writes + "/") for v in values)]
+        blob = json.dumps([uses, step.command, options], sort_keys=True, ensure_ascii=False)
+        step.signature = hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- checks (--dry-run)
+
+def check_inputs(recipe: dict, recipe_path: Path, steps: list[Step]) -> list[str]:
+    """What `--dry-run` checks beyond the options: the base exists, the data paths exist, formats are known."""
+    where = str(recipe_path)
+    base = str(recipe["base"])
+    if base in ALIASES or Path(base).exists():
+        notes = [f"base model: {base} (local)"]
+    elif looks_like_hub_id(base):
+        notes = [f"base model: {base} (hub id: downloaded on first use, needs network and, for gated models, a token)"]
+    else:
+        raise LangadaptError(f"{where}: base '{base}' is neither a local path, an alias nor a hub id")
+    data = recipe.get("data") or {}
+    for key in ("corpus", "heldout"):
+        if data.get(key):
+            try:
+                files = expand_paths(data[key])
+            except LangadaptError as e:
+                raise LangadaptError(f"{where}: data: {key}: {e}") from e
+            notes.append(f"data.{key}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
+    sft = next((s.options for s in steps if s.name == "sft"), None)
+    if sft is not None:
+        files = [p for p in sft.data if not p.endswith("data/ko-instructions.json")]
+        if files:
+            try:
+                _, stats = read_conversations(files, skip_bad=sft.skip_bad, fmt=sft.data_format)
+            except LangadaptError as e:
+                raise LangadaptError(f"{where}: data: instructions: {e}") from e
+            notes.append(f"data.instructions: {stats.conversations:,} conversations "
+                         f"({', '.join(sorted(set(stats.formats.values())))})")
+        else:
+            notes.append("data.instructions: derived from the embedded corpus when the run starts")
+    return notes
 
 
 # ----------------------------------------------------------------------------- run
@@ -235,99 +338,42 @@ def _read_state(out: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"steps": {}}
 
 
-def _write_state(out: Path, state: dict) -> None:
-    from langadapt.outputs import write_json_atomic
-
-    write_json_atomic(out / STATE_FILE, state)
-
-
 def is_done(step: Step, state: dict) -> bool:
     """A step is done when its output exists and it finished with the same signature."""
     record = state["steps"].get(step.name) or {}
     return bool(record.get("done")) and record.get("signature") == step.signature and step.output.exists()
 
 
-def run_cli(argv: list[str]) -> None:
-    """Run one `langadapt` command in this process (errors propagate as exceptions)."""
-    from langadapt.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    module, func = args._target.split(":")
-    getattr(importlib.import_module(module), func)(args)
-
-
-def _write_config(step: Step, out: Path, resume: bool) -> None:
-    import yaml
-
-    path = out / "recipes" / f"{step.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = {**step.config, "resume": resume, "overwrite": not resume}
-    path.write_text(f"# written by `langadapt run` for step {step.name}; run it alone with: {step.command()}\n"
-                    + yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
-def execute_step(step: Step, out: Path, state: dict, recipe: dict, steps: list[Step]) -> float:
-    """Run one step (resuming an interrupted training step); return its seconds."""
-    from langadapt.train.engine import latest_checkpoint
-
+def execute_step(step: Step, out: Path, state: dict) -> float:
+    """Run one step in this process (an interrupted training step resumes); return its seconds."""
     start = time.time()
-    if step.name == "report":
-        from langadapt.report import write_report
-
-        write_report(recipe, steps, out)
-        return time.time() - start
-    if step.config is not None:
+    options = step.options
+    if step.trains:
         record = state["steps"].get(step.name) or {}
-        resume = (record.get("signature") == step.signature and not record.get("done")
-                  and latest_checkpoint(Path(step.config["out"]) / "checkpoints") is not None)
-        _write_config(step, out, resume)
+        checkpoint = latest_checkpoint(Path(options.out) / "checkpoints")
+        resume = record.get("signature") == step.signature and not record.get("done") and checkpoint is not None
+        options = dataclasses.replace(options, resume=resume, overwrite=not resume)
         if resume:
-            print(f"  resuming from {latest_checkpoint(Path(step.config['out']) / 'checkpoints')}")
-    argv = list(step.argv)
-    if step.name.startswith("eval-"):
+            print(f"  resuming from {checkpoint}")
+        _write_accelerate_recipe(step, options, out)
+    elif step.name.startswith("eval-"):
         step.output.parent.mkdir(parents=True, exist_ok=True)
-    if step.config is None and step.argv[0] in ("tokenizer", "model", "merge") and step.argv[1] != "report":
-        argv.append("--overwrite")  # an output with another signature is replaced (outputs are atomic)
-    state["steps"][step.name] = {"signature": step.signature, "done": False, "command": step.command()}
-    _write_state(out, state)
-    run_cli(argv)
+    state["steps"][step.name] = {"signature": step.signature, "done": False, "command": step.text()}
+    write_json_atomic(out / STATE_FILE, state)
+    find(step.command).run(options)
     seconds = time.time() - start
     state["steps"][step.name].update(done=True, seconds=round(seconds, 1))
-    _write_state(out, state)
+    write_json_atomic(out / STATE_FILE, state)
     return seconds
 
 
-def check_plan(recipe: dict, steps: list[Step]) -> list[str]:
-    """Dry-run checks beyond the recipe's own validation: inputs exist, formats are known."""
-    from langadapt.corpus import expand_paths
-    from langadapt.sources import ALIASES, looks_like_hub_id
-    from langadapt.train.instructions import read_conversations
-
-    notes = []
-    base = str(recipe["base"])
-    if base in ALIASES or Path(base).exists():
-        notes.append(f"base model: {base} (local)")
-    elif looks_like_hub_id(base):
-        notes.append(f"base model: {base} (hub id: downloaded on first use, needs network and, for gated models, "
-                     "a token)")
-    else:
-        raise LangadaptError(f"base '{base}' is neither a local path, an alias nor a hub id")
-    data = recipe.get("data") or {}
-    for key in ("corpus", "heldout"):
-        if data.get(key):
-            files = expand_paths(resolve_data_paths(data[key], Path("."), write=False))
-            notes.append(f"data.{key}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
-    sft_step = next((s for s in steps if s.name == "sft"), None)
-    if sft_step is not None:
-        paths = [p for p in sft_step.config["data"] if Path(p).exists() or not p.endswith("ko-instructions.json")]
-        if paths:
-            _, stats = read_conversations(paths, skip_bad=bool(recipe["sft"].get("skip_bad")),
-                                          fmt=recipe["sft"].get("data_format", "auto"))
-            formats = sorted(set(stats.formats.values()))
-            notes.append(f"data.instructions: {stats.conversations:,} conversations ({', '.join(formats)})")
-        else:
-            notes.append("data.instructions: derived from the embedded corpus when the run starts")
-    return notes
+def _write_accelerate_recipe(step: Step, options, out: Path) -> None:
+    """<out>/recipes/<step>.yaml: the training step as a recipe, for `accelerate launch` on many GPUs."""
+    path = out / "recipes" / f"{step.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# step {step.name} of `langadapt run`; on several GPUs: accelerate launch --config_file "
+                    f"configs/accelerate/ddp.yaml -m langadapt.cli {step.command} --config {path}\n"
+                    + yaml.safe_dump(to_mapping(options), allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = False,
@@ -335,11 +381,11 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     """Run (or, with `dry_run`, check and print) a run recipe; return the report path."""
     recipe_path = Path(recipe_path)
     recipe = load_run_recipe(recipe_path)
-    for dotted, value in (overrides or {}).items():  # e.g. {"pretrain.0.max_minutes": 2}
+    for dotted, value in (overrides or {}).items():  # e.g. {"pretrain.0.max_tokens": 20000}
         _set_dotted(recipe, dotted, value)
     out_dir = Path(out or recipe["out"])
     steps = plan(recipe, recipe_path, out_dir, write=not dry_run)
-    names = [s.name for s in steps]
+    names = [s.name for s in steps] + ["report"]
     if from_step is not None and from_step not in names:
         raise LangadaptError(f"--from-step {from_step}: no such step; steps: {', '.join(names)}")
     state = _read_state(out_dir)
@@ -350,12 +396,12 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     print(f"run recipe {recipe_path}: {recipe.get('name', recipe_path.stem)}, base {recipe['base']}, "
           f"language {recipe['lang']}, out {out_dir}")
     if dry_run:
-        for note in check_plan(recipe, steps):
+        for note in check_inputs(recipe, recipe_path, steps):
             print(f"  ok  {note}")
-    width = max(len(n) for n in names)
+    width = max(map(len, names))
     for i, step in enumerate(steps, 1):
-        status = "done" if is_done(step, state) else "to run"
-        print(f"  {i:>2}. {step.name:<{width}}  [{status}]  {step.command() if step.name != 'report' else 'write ' + str(step.output)}")
+        print(f"  {i:>2}. {step.name:<{width}}  [{'done' if is_done(step, state) else 'to run'}]  {step.text()}")
+    print(f"  {len(names):>2}. {'report':<{width}}  [to run]  write {out_dir / 'report.md'}")
     if dry_run:
         print("dry run: recipe, paths and hyperparameters are valid; nothing was trained")
         return out_dir / "report.md"
@@ -364,13 +410,14 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     state["recipe"] = str(recipe_path)
     total = time.time()
     for i, step in enumerate(steps, 1):
-        if step.name != "report" and is_done(step, state):
-            print(f"\n[{i}/{len(steps)}] {step.name}: done before, skipped")
+        if is_done(step, state):
+            print(f"\n[{i}/{len(names)}] {step.name}: done before, skipped")
             continue
-        print(f"\n[{i}/{len(steps)}] {step.name}: {step.command() if step.name != 'report' else 'report.md'}",
-              flush=True)
-        seconds = execute_step(step, out_dir, state, recipe, steps)
+        print(f"\n[{i}/{len(names)}] {step.name}: {step.text()}", flush=True)
+        seconds = execute_step(step, out_dir, state)
         print(f"  {step.name} finished in {seconds:.0f} s", flush=True)
+    print(f"\n[{len(names)}/{len(names)}] report: {out_dir / 'report.md'}")
+    write_report(recipe, steps, out_dir)
     print(f"\nrun finished in {(time.time() - total) / 60:.1f} min; report: {out_dir / 'report.md'}")
     return out_dir / "report.md"
 
@@ -383,8 +430,23 @@ def _set_dotted(recipe: dict, dotted: str, value) -> None:
     node[keys[-1]] = value
 
 
-def run_command(args) -> int:
-    """`langadapt run RECIPE.yaml`."""
-    run_recipe(args.recipe, out=args.out, dry_run=args.dry_run, from_step=args.from_step)
-    return 0
+@dataclass
+class RunOptions(Options):
+    """Run every step of a run recipe (see recipes/ and the README's 'Recipe format'): train and merge (or
+    prune) the tokenizer, extend (or prune) the model, continued pretraining (stage embeddings, then lora),
+    merge, instruction tuning, merge, an optional control arm, and an evaluation (tokenizer report, held-out
+    bits per char of every model, sample answers and generation speed). Writes <out>/report.md with tables and
+    PNG plots. A step whose output exists and was made from the same recipe is skipped, so an interrupted run
+    resumes where it stopped."""
 
+    recipe: str = option(None, metavar="RECIPE.yaml", positional=True, required=True, help="the run recipe")
+    dry_run: bool = option(False, help="build and check every step (paths, formats, every hyperparameter), print "
+                                       "the plan, train nothing")
+    out: str | None = option(None, metavar="DIR", help="override the recipe's out")
+    from_step: str | None = option(None, metavar="STEP", help="redo this step and every later one")
+
+
+def run_command(opts: RunOptions) -> int:
+    """Run (or check) a run recipe."""
+    run_recipe(opts.recipe, out=opts.out, dry_run=opts.dry_run, from_step=opts.from_step)
+    return 0

@@ -1,5 +1,5 @@
 """Streaming corpus reading, cleaning and statistics."""
 
-from langadapt.corpus.read import ReadStats, Record, expand_paths, iter_records, iter_texts, reading_options
+from langadapt.corpus.read import CORPUS_HELP, ReadStats, Record, expand_paths, iter_records, iter_texts, ReadingOptions
 
-__all__ = ["ReadStats", "Record", "expand_paths", "iter_records", "iter_texts", "reading_options"]
+__all__ = ["CORPUS_HELP", "ReadStats", "Record", "expand_paths", "iter_records", "iter_texts", "ReadingOptions"]

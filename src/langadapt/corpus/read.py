@@ -45,6 +45,7 @@ from typing import Iterable, Iterator, NamedTuple
 from langadapt.corpus.clean import get_cleaner
 from langadapt.errors import LangadaptError
 from langadapt.lang import LanguageProfile, get_profile
+from langadapt.options import OptionError, Options, option
 
 # Suffixes read when walking a directory or matching a glob (each also with ".gz").
 TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".conllu", ".csv", ".tsv")
@@ -412,11 +413,50 @@ def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = 
                              f"{'' if clean in (None, 'none') else ' after cleaning'})")
 
 
-def reading_options(args) -> dict:
-    """The `iter_texts` keyword arguments set by the CLI's shared corpus options
-    (--lang, --field, --column, --clean, --on-bad-bytes)."""
-    return {"profile": get_profile(args.lang), "field": args.field, "column": args.column,
-            "clean": args.clean, "on_bad_bytes": args.on_bad_bytes}
+CORPUS_HELP = "text files, directories (read recursively), globs, .jsonl, .conllu, .csv/.tsv, .gz"
+LANGS = "bo (Tibetan), zh (Chinese), ko (Korean), en (English) or any other code (generic profile)"
+
+
+@dataclass
+class ReadingOptions(Options):
+    """How to read text files: the language profile, the JSON field or CSV column, markup, bad bytes.
+
+    Every command and recipe section that reads text embeds this one class, so a corpus is read
+    the same way for the tokenizer, for training and for evaluation."""
+
+    lang: str | None = option(None, help=f"language profile for normalising and counting: {LANGS} "
+                                         "(default: the generic profile)")
+    field: str = option("text", help="JSON field to read from .jsonl/.json records")
+    column: str | None = option(None, help="column (header name or 0-based index) to read from .csv/.tsv; "
+                                           "default: the column with the longest text")
+    clean: str = option("none", choices=("none", "kangyur"),
+                        help="strip known markup: 'kangyur' removes Derge Kangyur folio marks [1b], [1b.1], {D1} "
+                             "and keeps the correction of (error,correction) pairs")
+    on_bad_bytes: str = option("error", choices=("error", "replace"),
+                               help="invalid UTF-8: stop with the file and byte offset, or replace each bad byte "
+                                    "with U+FFFD and count them")
+
+    def profile(self) -> LanguageProfile:
+        return get_profile(self.lang or "generic")
+
+    def require_lang(self) -> None:
+        """For commands that need to know the language: an error when --lang was not given."""
+        if not self.lang:
+            raise OptionError("lang", f"is required: the language of the text ({LANGS})")
+
+    def keywords(self) -> dict:
+        """The `iter_texts` keyword arguments (profile included)."""
+        column = int(self.column) if self.column is not None and self.column.lstrip("-").isdigit() else self.column
+        return {"profile": self.profile(), "field": self.field, "column": column,
+                "clean": None if self.clean == "none" else self.clean, "on_bad_bytes": self.on_bad_bytes}
+
+    def iter_texts(self, paths, stats: ReadStats | None = None, progress: bool = False) -> Iterator[str]:
+        """The text records of `paths` read this way."""
+        return iter_texts(paths, **self.keywords(), stats=stats, progress=progress)
+
+    def iter_records(self, paths, stats: ReadStats | None = None, progress: bool = False) -> Iterator[Record]:
+        """Like `iter_texts`, each record with its file and line."""
+        return iter_records(paths, **self.keywords(), stats=stats, progress=progress)
 
 
 def iter_texts(paths, profile: LanguageProfile | None = None, *, field: str = "text",

@@ -1,4 +1,4 @@
-"""`langadapt corpus stats`: what is in a corpus, in one streaming pass.
+"""What is in a corpus, in one streaming pass (the figures of `langadapt corpus stats`).
 
 Figures: files, records, characters, counting units (the profile's unit), target-script
 share (of all letters), exact-duplicate record share (a set of 8-byte blake2b hashes: about
@@ -10,38 +10,28 @@ tokenizer: tokens per character and tokens per unit.
 from __future__ import annotations
 
 import hashlib
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from langadapt.corpus.read import ReadStats, iter_records
-from langadapt.errors import LangadaptError
-from langadapt.lang import LanguageProfile, get_profile
-from langadapt.outputs import write_json_atomic
+from langadapt.corpus.read import ReadingOptions, ReadStats
 
 OTHER_SCRIPT_THRESHOLD = 0.5  # a record is "mostly another script" below this target share
 OTHER_SCRIPT_WARN = 0.10  # warn when more than this share of records is mostly another script
 _TOKENIZE_BATCH = 256
 
 
-def _count_tokens(tok, texts: list[str]) -> int:
-    """Tokens of `texts` without special tokens (batched for fast tokenizers)."""
-    if callable(tok):
-        return sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
-    return sum(len(tok.encode(t, add_special_tokens=False)) for t in texts)
-
-
-def corpus_stats(paths, profile: LanguageProfile, *, field: str = "text", column=None, clean=None,
-                 on_bad_bytes: str = "error", tokenizer=None, progress: bool = False) -> dict[str, Any]:
-    """Stream the corpus once and return its statistics as a JSON-able dict."""
+def corpus_stats(paths, reading: ReadingOptions, count_tokens: Callable[[list[str]], int] | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Stream the corpus once and return its statistics as a JSON-able dict; `count_tokens(texts)`
+    (the tokens of a batch of records) adds tokens per character and per unit."""
+    profile = reading.profile()
     stats = ReadStats()
     seen: set[bytes] = set()
     duplicates = letters_records = other_records = 0
     units = letters = target_letters = tokens = 0
     other_files: dict[str, int] = {}
     batch: list[str] = []
-    for rec in iter_records(paths, profile, field=field, column=column, clean=clean,
-                            on_bad_bytes=on_bad_bytes, stats=stats, progress=progress):
+    for rec in reading.iter_records(paths, stats=stats, progress=progress):
         text = rec.text
         key = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
         if key in seen:
@@ -57,13 +47,13 @@ def corpus_stats(paths, profile: LanguageProfile, *, field: str = "text", column
             if n_target < OTHER_SCRIPT_THRESHOLD * n_letters:
                 other_records += 1
                 other_files[str(rec.path)] = other_files.get(str(rec.path), 0) + 1
-        if tokenizer is not None:
+        if count_tokens is not None:
             batch.append(text)
             if len(batch) >= _TOKENIZE_BATCH:
-                tokens += _count_tokens(tokenizer, batch)
+                tokens += count_tokens(batch)
                 batch.clear()
-    if tokenizer is not None and batch:
-        tokens += _count_tokens(tokenizer, batch)
+    if count_tokens is not None and batch:
+        tokens += count_tokens(batch)
     result: dict[str, Any] = {
         "language": profile.code,
         "unit_name": profile.unit_name,
@@ -80,7 +70,7 @@ def corpus_stats(paths, profile: LanguageProfile, *, field: str = "text", column
         "other_script_share": other_records / letters_records if letters_records else 0.0,
         "other_script_files": sorted(other_files, key=lambda f: -other_files[f])[:5],
     }
-    if tokenizer is not None:
+    if count_tokens is not None:
         result["tokens"] = tokens
         result["tokens_per_character"] = tokens / stats.characters if stats.characters else 0.0
         result["tokens_per_unit"] = tokens / units if units else 0.0
@@ -115,30 +105,3 @@ def format_stats(s: dict[str, Any]) -> str:
         lines.append(f"warning: {s['other_script_share']:.1%} of records are mostly not in the {s['language']} script "
                      f"(e.g. in {', '.join(s['other_script_files'][:3])}); check --lang and the input")
     return "\n".join(lines)
-
-
-def run_stats(args) -> int:
-    """CLI handler of `langadapt corpus stats`."""
-    start = time.perf_counter()
-    if args.json:
-        target = Path(args.json)
-        if target.is_dir() or not target.parent.is_dir():
-            raise LangadaptError(f"--json {target}: expected a file path in an existing directory")
-    profile = get_profile(args.lang)
-    tokenizer = None
-    if args.tokenizer:
-        from langadapt.tokenizer.load import load_tokenizer  # only when asked: loads transformers
-        tokenizer = load_tokenizer(args.tokenizer)
-    column = args.column
-    if column is not None and column.lstrip("-").isdigit():
-        column = int(column)
-    result = corpus_stats(args.paths, profile, field=args.field, column=column, clean=args.clean,
-                          on_bad_bytes=args.on_bad_bytes, tokenizer=tokenizer, progress=True)
-    if tokenizer is not None:
-        result["tokenizer"] = args.tokenizer
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    print(format_stats(result))
-    print(f"({result['seconds']:.2f} s)")
-    if args.json:
-        write_json_atomic(Path(args.json), result)
-    return 0

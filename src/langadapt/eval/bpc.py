@@ -23,23 +23,52 @@ Scoring, precisely:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 
+from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.errors import LangadaptError
-# The scoring itself lives in langadapt.model.score so that `train` (below `eval`) can use it too.
-from langadapt.model.score import bpc_of_text, score_ids, window_spans  # noqa: F401
+from langadapt.model.load import MODEL_HELP, load_model
+from langadapt.model.score import bpc_of_text, score_ids, window_spans  # noqa: F401 - score_ids re-exported
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import write_json_atomic
+from langadapt.sources import resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer
 
 
-def read_text(paths, lang: str, field: str = "text", max_chars: int | None = None) -> str:
-    """The records of `paths` read through the `lang` profile, joined with "\\n", cut to `max_chars`."""
-    from langadapt.corpus import iter_texts
-    from langadapt.lang import get_profile
+@dataclass
+class EvalBpcOptions(Options):
+    """Negative log-likelihood of a text, read through the language profile (records joined with newlines),
+    scored with a sliding window: each window holds --context tokens and moves by --stride; only the tokens
+    not scored by an earlier window count, so each token is scored once with at least context-stride tokens
+    before it (except at the start). With a BOS token the first text token is scored after BOS. Reports bits
+    per character and per UTF-8 byte (comparable across tokenizers), per-token perplexity (not comparable)
+    and tokens/s."""
 
-    if max_chars is not None and max_chars < 1:
-        raise LangadaptError(f"--max-chars must be positive, got {max_chars}")
+    model: str = option(None, metavar="MODEL", required=True, help=MODEL_HELP)
+    text: list[str] = option([], metavar="PATH", required=True, help=CORPUS_HELP)
+    reading: ReadingOptions = embed(ReadingOptions)
+    max_chars: int | None = option(None, metavar="N", help="score only the first N characters of the text "
+                                                           "(after normalisation)")
+    context: int = option(1024, help="tokens per window")
+    stride: int = option(512, help="tokens the window moves by (below --context)")
+    dtype: str = option("float32", help="model dtype (float32, bfloat16, ...)")
+    json: str | None = option(None, metavar="FILE", help="also write the figures to this JSON file")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_chars is not None and self.max_chars < 1:
+            raise OptionError("max_chars", f"must be positive, got {self.max_chars}")
+        window_spans(2, self.context, self.stride)  # bad window arguments fail before any loading
+
+
+def read_text(paths, reading: ReadingOptions | str, max_chars: int | None = None) -> str:
+    """The records of `paths` read with `reading` (or a language code), joined with "\\n", cut to `max_chars`."""
+    if isinstance(reading, str):
+        reading = ReadingOptions(lang=reading)
     parts, total = [], 0
-    for record in iter_texts(paths, profile=get_profile(lang), field=field):
+    for record in reading.iter_texts(paths):
         parts.append(record)
         total += len(record) + 1
         if max_chars is not None and total >= max_chars:
@@ -48,26 +77,20 @@ def read_text(paths, lang: str, field: str = "text", max_chars: int | None = Non
     return text[:max_chars] if max_chars is not None else text
 
 
-def run_bpc(args) -> int:
-    """`langadapt eval bpc`: bits per character/byte and per-token perplexity of a text under a model."""
-    from langadapt.model.load import load_model
-    from langadapt.outputs import write_json_atomic
-    from langadapt.sources import resolve_model_source
-    from langadapt.tokenizer.load import load_tokenizer
-
-    window_spans(2, args.context, args.stride)  # bad window arguments fail before any loading
-    text = read_text(args.text, args.lang, field=args.field, max_chars=args.max_chars)
-    source = resolve_model_source(args.model)
+def eval_bpc_command(opts: EvalBpcOptions) -> int:
+    """Bits per character/byte and per-token perplexity of a text under a model."""
+    text = read_text(opts.text, opts.reading, max_chars=opts.max_chars)
+    source = resolve_model_source(opts.model)
     tokenizer = load_tokenizer(str(source))
-    model = load_model(str(source), dtype=args.dtype).eval()
+    model = load_model(str(source), dtype=opts.dtype).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")
-    result = {"model": str(args.model), "text": [str(p) for p in args.text], "lang": args.lang,
-              "max_chars": args.max_chars, "dtype": args.dtype,
+    result = {"model": str(opts.model), "text": list(opts.text), "lang": opts.reading.profile().code,
+              "max_chars": opts.max_chars, "dtype": opts.dtype,
               "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
-              **bpc_of_text(model, tokenizer, text, context=args.context, stride=args.stride)}
-    if args.json:
-        write_json_atomic(args.json, result)
+              **bpc_of_text(model, tokenizer, text, context=opts.context, stride=opts.stride)}
+    if opts.json:
+        write_json_atomic(opts.json, result)
     print(f"  characters      {result['characters']:,} ({result['bytes']:,} UTF-8 bytes)\n"
           f"  tokens          {result['tokens']:,} ({result['tokens_per_char']} per char), "
           f"{result['tokens_scored']:,} scored\n"

@@ -20,13 +20,20 @@ all base rows, whatever `init` is.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from langadapt.errors import LangadaptError
+from langadapt.model.load import MODEL_HELP, load_model
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import OutputOptions, write_adaptation_json
+from langadapt.sources import resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer
 
 INIT_METHODS = ("mean", "random", "hf-default")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
@@ -133,8 +140,6 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
     """
     if init not in INIT_METHODS:
         raise LangadaptError(f"unknown init '{init}'; choose one of {', '.join(INIT_METHODS)}")
-    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-        raise LangadaptError(f"--pad-to-multiple-of must be a positive integer, got {pad_to_multiple_of}")
     emb, head = check_resizable(model)
     n_base = check_extends(base_tokenizer, new_tokenizer)
     n_tok = len(new_tokenizer)
@@ -215,39 +220,57 @@ def _draw_rows(init: str, old: torch.Tensor, n: int, config) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- command
 
-def run_extend(args) -> int:
-    """`langadapt model extend`: write the base model resized and initialised for an extended tokenizer."""
-    import json
+@dataclass
+class ModelExtendOptions(Options):
+    """Check that TOKENIZER extends the base model's own tokenizer (same strings at the same ids), resize the
+    input embeddings and the LM head (tied or untied, kept as they were), initialise the new rows and write a
+    standard model directory with the tokenizer and adaptation.json. Logits over the old vocabulary are
+    unchanged."""
 
-    from langadapt.model.load import load_model
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json
-    from langadapt.sources import resolve_model_source
-    from langadapt.tokenizer.load import load_tokenizer
+    base: str = option(None, metavar="MODEL", required=True, help=MODEL_HELP)
+    tokenizer: str = option(None, metavar="DIR", required=True,
+                            help="the extended tokenizer (e.g. from `tokenizer merge`)")
+    init: str = option("mean", choices=INIT_METHODS,
+                       help="new rows: 'mean' of the base rows of the pieces the base tokenizer makes of each new "
+                            "token; 'random' N(0, initializer_range); 'hf-default' transformers' mean_resizing")
+    pad_to_multiple_of: int | None = option(None, metavar="N", help="pad the vocabulary to a multiple of N rows "
+                                                                    "(padding rows get the mean of all base rows)")
+    seed: int = option(0, help="seed for the random inits")
+    output: OutputOptions = embed(OutputOptions)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise OptionError("pad_to_multiple_of", f"must be a positive integer, got {self.pad_to_multiple_of}")
+
+
+def model_extend_command(opts: ModelExtendOptions) -> int:
+    """Write the base model resized and initialised for an extended tokenizer."""
     start = time.perf_counter()
-    base_source = resolve_model_source(args.base)
+    opts.output.check_free()
+    base_source = resolve_model_source(opts.base)
     base_tokenizer = load_tokenizer(str(base_source))
-    new_tokenizer = load_tokenizer(args.tokenizer)
+    new_tokenizer = load_tokenizer(opts.tokenizer)
     # Check the tokenizer before loading the (larger) model, so a wrong pairing fails fast.
-    check_extends(base_tokenizer, new_tokenizer, name=str(args.tokenizer))
+    check_extends(base_tokenizer, new_tokenizer, name=str(opts.tokenizer))
     model = load_model(str(base_source))
     params_before = sum(p.numel() for p in model.parameters())
-    report = extend_model(model, base_tokenizer, new_tokenizer, init=args.init,
-                          pad_to_multiple_of=args.pad_to_multiple_of, seed=args.seed)
+    report = extend_model(model, base_tokenizer, new_tokenizer, init=opts.init,
+                          pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed)
     params_after = sum(p.numel() for p in model.parameters())
 
-    with atomic_output_dir(args.out, overwrite=getattr(args, "overwrite", False)) as tmp:
+    with opts.output.directory() as tmp:
         model.save_pretrained(tmp)
         new_tokenizer.save_pretrained(tmp)
-        tok_dir = Path(args.tokenizer)
+        tok_dir = Path(opts.tokenizer)
         if (tok_dir / "adaptation.json").is_file():  # keep the tokenizer's own history in the chain
             shutil.copyfile(tok_dir / "adaptation.json", tmp / "adaptation.json")
         record = write_adaptation_json(
-            tmp, "model-extend", base=str(args.base), base_source=str(base_source),
-            tokenizer=str(args.tokenizer), tokenizer_sha256=tokenizer_hash(args.tokenizer),
+            tmp, "model-extend", base=str(opts.base), base_source=str(base_source),
+            tokenizer=str(opts.tokenizer), tokenizer_sha256=tokenizer_hash(opts.tokenizer),
             parameters_before=params_before, parameters_after=params_after,
             seconds=round(time.perf_counter() - start, 1), **report)
     summary = {k: record[k] for k in ("init", "tied_embeddings", "old_vocab_size", "new_vocab_size", "new_tokens",
                                       "padding_rows", "parameters_before", "parameters_after", "seconds")}
-    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    print(json.dumps({"out": str(opts.output.out), **summary}, indent=2))
     return 0

@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langadapt.errors import LangadaptError
-from langadapt.sources import hub_error, resolve_model_source
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from langadapt.errors import LangadaptError
+from langadapt.options import Options, option
+from langadapt.sources import hub_error, resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
+
+MODEL_HELP = ("a hub id, a local HF model directory, a .gguf file (converted once into $LANGADAPT_HOME, "
+              "default ~/.cache/langadapt) or the alias 'smollm2-135m'")
 KIND_NAMES = {"byte-level-bpe": "byte-level BPE", "sentencepiece": "SentencePiece", "other": "other"}
 
 
@@ -24,9 +33,6 @@ def load_model(spec: str | os.PathLike, dtype: Any = None):
     `dtype`: None keeps the dtype the checkpoint was saved in; else a torch dtype or its name
     ("float32", "bfloat16", ...).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     source = resolve_model_source(spec)
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -43,8 +49,6 @@ def load_model(spec: str | os.PathLike, dtype: Any = None):
 
 def safetensors_shapes(model_dir: str | os.PathLike) -> dict[str, tuple[list[int], str]]:
     """{tensor name: (shape, dtype)} from the safetensors headers of a model dir (no weights read)."""
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -76,9 +80,6 @@ def human_count(n: int) -> str:
 
 def _meta_parameter_count(config) -> int:
     """Parameter count of a model built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
@@ -87,10 +88,6 @@ def _meta_parameter_count(config) -> int:
 def model_info(spec: str | os.PathLike) -> dict:
     """Facts about a model: architecture, parameters, vocab sizes, tokenizer kind, tied embeddings,
     chat template, shape (hidden size, layers, heads, context length), dtype and where it came from."""
-    from transformers import AutoConfig
-
-    from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
-
     source = resolve_model_source(spec)
     try:
         config = AutoConfig.from_pretrained(str(source))
@@ -182,11 +179,17 @@ def format_model_info(info: dict) -> str:
     return "\n".join(f"  {name:<16}{value}" for name, value in rows)
 
 
-def info_command(args) -> int:
-    """`langadapt model info MODEL [--json]`."""
-    info = model_info(args.model)
-    if args.json:
-        print(json.dumps(info, ensure_ascii=False, indent=2))
-    else:
-        print(format_model_info(info))
+@dataclass
+class ModelInfoOptions(Options):
+    """Print a model's facts: architecture, parameters, vocab, tokenizer type, tied embeddings, chat template,
+    shape, dtype. Reads the config and the safetensors headers, not the weights."""
+
+    model: str = option(None, metavar="MODEL", positional=True, required=True, help=MODEL_HELP)
+    json: bool = option(False, help="print the facts as JSON")
+
+
+def model_info_command(opts: ModelInfoOptions) -> int:
+    """Print the facts of `model_info`."""
+    info = model_info(opts.model)
+    print(json.dumps(info, ensure_ascii=False, indent=2) if opts.json else format_model_info(info))
     return 0

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from langadapt.errors import LangadaptError
 from langadapt.model.extend import check_resizable, is_tied, token_strings, tokenizer_hash
+from langadapt.model.load import MODEL_HELP, load_model
+from langadapt.options import Options, embed, option
+from langadapt.outputs import OutputOptions, write_adaptation_json
+from langadapt.sources import resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer
 
 ID_MAP_FILE = "id_map.json"
 SPECIAL_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "decoder_start_token_id")
@@ -123,34 +129,41 @@ def prune_model(model, mapping: dict[int, int]) -> dict:
     }
 
 
-def run_prune(args) -> int:
-    """`langadapt model prune`: write the base model with only the pruned tokenizer's rows."""
-    from langadapt.model.load import load_model
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json
-    from langadapt.sources import resolve_model_source
-    from langadapt.tokenizer.load import load_tokenizer
+@dataclass
+class ModelPruneOptions(Options):
+    """Slice the embedding and LM-head rows with the id_map.json written by `tokenizer prune`, remap the
+    special-token ids in the config and write a standard model directory; prints the parameters before
+    and after."""
 
+    base: str = option(None, metavar="MODEL", required=True, help=MODEL_HELP)
+    tokenizer: str = option(None, metavar="DIR", required=True, help="the pruned tokenizer (with id_map.json)")
+    output: OutputOptions = embed(OutputOptions)
+
+
+def model_prune_command(opts: ModelPruneOptions) -> int:
+    """Write the base model with only the pruned tokenizer's rows."""
     start = time.perf_counter()
-    old_size, mapping = read_id_map(args.tokenizer)
-    base_source = resolve_model_source(args.base)
+    opts.output.check_free()
+    old_size, mapping = read_id_map(opts.tokenizer)
+    base_source = resolve_model_source(opts.base)
     base_tokenizer = load_tokenizer(str(base_source))
-    pruned_tokenizer = load_tokenizer(args.tokenizer)
-    check_id_map(base_tokenizer, pruned_tokenizer, mapping, name=str(args.tokenizer))
+    pruned_tokenizer = load_tokenizer(opts.tokenizer)
+    check_id_map(base_tokenizer, pruned_tokenizer, mapping, name=str(opts.tokenizer))
     model = load_model(str(base_source))
     report = prune_model(model, mapping)
     if old_size not in (report["old_vocab_size"], len(base_tokenizer)):
-        raise LangadaptError(f"{args.tokenizer}/{ID_MAP_FILE}: old_vocab_size is {old_size} but the model has "
+        raise LangadaptError(f"{opts.tokenizer}/{ID_MAP_FILE}: old_vocab_size is {old_size} but the model has "
                              f"{report['old_vocab_size']} rows and its tokenizer {len(base_tokenizer)} tokens")
 
-    with atomic_output_dir(args.out, overwrite=getattr(args, "overwrite", False)) as tmp:
+    with opts.output.directory() as tmp:
         model.save_pretrained(tmp)
         pruned_tokenizer.save_pretrained(tmp)
-        (tmp / ID_MAP_FILE).write_bytes((Path(args.tokenizer) / ID_MAP_FILE).read_bytes())
-        write_adaptation_json(tmp, "model-prune", base=str(args.base), base_source=str(base_source),
-                              tokenizer=str(args.tokenizer), tokenizer_sha256=tokenizer_hash(args.tokenizer),
+        (tmp / ID_MAP_FILE).write_bytes((Path(opts.tokenizer) / ID_MAP_FILE).read_bytes())
+        write_adaptation_json(tmp, "model-prune", base=str(opts.base), base_source=str(base_source),
+                              tokenizer=str(opts.tokenizer), tokenizer_sha256=tokenizer_hash(opts.tokenizer),
                               seconds=round(time.perf_counter() - start, 1), **report)
     before, after = report["parameters_before"], report["parameters_after"]
-    print(json.dumps({"out": str(args.out), "old_vocab_size": report["old_vocab_size"],
+    print(json.dumps({"out": str(opts.output.out), "old_vocab_size": report["old_vocab_size"],
                       "new_vocab_size": report["new_vocab_size"], "parameters_before": before,
                       "parameters_after": after, "parameters_kept": f"{100 * after / before:.1f}%"}, indent=2))
     return 0

@@ -17,9 +17,12 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
+from langadapt.model.load import MODEL_HELP
+from langadapt.options import Options, OptionError, option
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 COMMANDS = "/reset (forget the history), /system TEXT (set the system prompt and reset), /exit or /quit"
@@ -48,13 +51,13 @@ def fit_history(messages: list[dict], count_tokens: Callable[[list[dict]], int],
     return system + [{**current, "content": text[len(text) - lo:]}]
 
 
-def generation_kwargs(args) -> dict:
-    """The `model.generate` options of the parsed `chat` arguments."""
-    kwargs = {"max_new_tokens": args.max_new_tokens}
-    if args.greedy:
+def generation_kwargs(opts: "ChatOptions") -> dict:
+    """The `model.generate` options of the chat options."""
+    kwargs = {"max_new_tokens": opts.max_new_tokens}
+    if opts.greedy:
         return {**kwargs, "do_sample": False}
-    return {**kwargs, "do_sample": True, "temperature": args.temperature, "top_p": args.top_p,
-            "top_k": args.top_k, "repetition_penalty": args.repetition_penalty}
+    return {**kwargs, "do_sample": True, "temperature": opts.temperature, "top_p": opts.top_p,
+            "top_k": opts.top_k, "repetition_penalty": opts.repetition_penalty}
 
 
 def stop_token_ids(tokenizer, template: str) -> list[int]:
@@ -152,7 +155,7 @@ class ChatSession:
         return answer
 
 
-def load_chat(args) -> tuple:
+def load_chat(opts: "ChatOptions") -> tuple:
     """(model, tokenizer, template) of the `chat` arguments: model + adapter, tokenizer, template."""
     from langadapt.model.load import load_model
     from langadapt.sources import resolve_model_source
@@ -160,23 +163,23 @@ def load_chat(args) -> tuple:
     from langadapt.tokenizer.templates import resolve_template
 
     record = None
-    spec = args.model
-    if args.adapter:
+    spec = opts.model
+    if opts.adapter:
         from langadapt.train.merge import read_adapter
 
-        record = read_adapter(args.adapter)
+        record = read_adapter(opts.adapter)
         spec = spec or record.get("base_source")
     if not spec:
-        raise LangadaptError("chat needs --model (or --adapter whose adaptation.json names its base model)")
-    adapter_has_tokenizer = args.adapter and any(
-        (Path(args.adapter) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-    tokenizer = load_tokenizer(args.adapter if adapter_has_tokenizer else resolve_model_source(spec))
-    template = resolve_template(tokenizer, args.template)
+        raise LangadaptError(f"{opts.adapter}: its adaptation.json names no base model; give --model")
+    adapter_has_tokenizer = opts.adapter and any(
+        (Path(opts.adapter) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    tokenizer = load_tokenizer(opts.adapter if adapter_has_tokenizer else resolve_model_source(spec))
+    template = resolve_template(tokenizer, opts.template)
     model = load_model(spec, dtype="float32" if record else None)
     if record:
         from langadapt.train.merge import merge_adapter
 
-        model = merge_adapter(model, args.adapter, record)
+        model = merge_adapter(model, opts.adapter, record)
     import torch
 
     if torch.cuda.is_available():
@@ -217,22 +220,53 @@ def chat_loop(session: ChatSession, banner: str, read: Callable[[str], str] | No
             print(" [stopped]")
 
 
-def run_chat(args) -> int:
-    """CLI handler of `langadapt chat`."""
-    one_shot = args.prompt is not None or not sys.stdin.isatty()
-    text = args.prompt if args.prompt is not None else (sys.stdin.read().strip() if one_shot else "")
+@dataclass
+class ChatOptions(Options):
+    """Interactive multi-turn chat that streams tokens as they are generated and keeps as much history as fits
+    in the context window (oldest turns dropped first). Commands: /reset (forget the history), /system TEXT
+    (set the system prompt and reset), /exit. --prompt TEXT, or text piped on stdin, answers once and exits."""
+
+    model: str | None = option(None, metavar="MODEL", help=MODEL_HELP + "; with --adapter, default: the base the "
+                                                                        "adapter was trained on")
+    adapter: str | None = option(None, metavar="DIR", help="an adapter dir from `pretrain` or `sft`, merged into the "
+                                                           "model in memory")
+    template: str = option("auto", help="chat template: alpaca, llama2-chat, firefly, chatml, auto (the tokenizer's "
+                                        "own) or a .jinja file")
+    system: str | None = option(None, metavar="TEXT", help="system prompt")
+    prompt: str | None = option(None, metavar="TEXT", help="answer this one message and exit")
+    max_new_tokens: int = option(256, help="tokens to generate per answer at most")
+    greedy: bool = option(False, help="plain greedy decoding (ignores temperature, top-p, top-k and repetition "
+                                      "penalty)")
+    temperature: float = option(0.7, help="sampling temperature")
+    top_p: float = option(0.9, help="nucleus sampling: keep the top tokens up to this mass")
+    top_k: int = option(40, help="sample among the k most likely tokens (0: all)")
+    repetition_penalty: float = option(1.1, help="penalty for repeated tokens (1: none)")
+    seed: int | None = option(None, help="random seed for sampling")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model and not self.adapter:
+            raise OptionError("model", "is required (or --adapter, whose adaptation.json names its base model)")
+        if self.max_new_tokens < 1:
+            raise OptionError("max_new_tokens", f"must be positive, got {self.max_new_tokens}")
+
+
+def chat_command(opts: ChatOptions) -> int:
+    """Chat in the terminal, or answer one message (--prompt or stdin) and exit."""
+    one_shot = opts.prompt is not None or not sys.stdin.isatty()
+    text = opts.prompt if opts.prompt is not None else (sys.stdin.read().strip() if one_shot else "")
     if one_shot and not text.strip():
         raise LangadaptError("empty message: --prompt or stdin holds no text")
-    if args.seed is not None:
+    if opts.seed is not None:
         import torch
 
-        torch.manual_seed(args.seed)
-    model, tokenizer, template = load_chat(args)
-    session = ChatSession(model, tokenizer, template, system=args.system, gen_kwargs=generation_kwargs(args))
+        torch.manual_seed(opts.seed)
+    model, tokenizer, template = load_chat(opts)
+    session = ChatSession(model, tokenizer, template, system=opts.system, gen_kwargs=generation_kwargs(opts))
     if one_shot:
         session.reply(text, on_token=lambda s: print(s, end="", flush=True))
         print()
         return 0
-    model_name = args.model or f"{args.adapter} (adapter)"
-    return chat_loop(session, f"langadapt chat: {model_name}, template {args.template}, context "
+    model_name = opts.model or f"{opts.adapter} (adapter)"
+    return chat_loop(session, f"langadapt chat: {model_name}, template {opts.template}, context "
                               f"{session.context} tokens. Commands: {COMMANDS}; Ctrl-C stops an answer.")

@@ -38,8 +38,14 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
+from tqdm import tqdm
 
+from langadapt.corpus import CORPUS_HELP, ReadingOptions, ReadStats
 from langadapt.errors import LangadaptError
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import OutputOptions, write_adaptation_json, write_json_atomic
+from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 
 BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
@@ -73,8 +79,6 @@ def count_token_ids(tok, texts: Iterable[str], desc: str = "counting tokens", pr
 
     Streams: texts are encoded in batches by the Rust tokenizer, only the counts are kept.
     """
-    from tqdm import tqdm
-
     counts = np.zeros(id_space_size(tok), dtype=np.int64)
     backend = tok.backend_tokenizer
     with tqdm(desc=desc, unit=" chars", unit_scale=True, disable=not progress) as bar:
@@ -131,8 +135,6 @@ def prune_state(state: dict, counts: np.ndarray, min_count: int = 1, byte_level:
     `counts[i]` is how often id i occurs in the corpus; `byte_level` says the model is a
     byte-level BPE (its 256 byte symbols are kept). Pure function: returns a new state.
     """
-    from tokenizers import pre_tokenizers
-
     if min_count < 1:
         raise LangadaptError(f"--min-count must be at least 1, got {min_count}")
     model = state["model"]
@@ -247,7 +249,7 @@ def save_pruned_tokenizer(tok, result: PruneResult, out_dir: Path) -> None:
 
 def check_saved(out_dir: Path, pruned_backend, samples: list[str]) -> None:
     """Reload the written directory with AutoTokenizer and check it tokenises like the pruned backend."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # imports torch: only when a tokenizer is written
 
     reloaded = AutoTokenizer.from_pretrained(str(out_dir))
     for text in samples:
@@ -258,43 +260,48 @@ def check_saved(out_dir: Path, pruned_backend, samples: list[str]) -> None:
                                  f"({got[:10]} != {want[:10]} on {text[:40]!r})")
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- command
 
-def corpus_paths(args) -> list:
-    """The corpus paths of a parsed command line (`--corpus`; `paths` accepted from callers that build a Namespace)."""
-    paths = getattr(args, "corpus", None) or getattr(args, "paths", None)
-    if not paths:
-        raise LangadaptError("no corpus given (expected --corpus PATH...)")
-    return list(paths)
+@dataclass
+class TokenizerPruneOptions(Options):
+    """Keep only the tokens a corpus of the kept languages needs (LLMPruner for any fast BPE/Unigram).
+
+    Count the base tokenizer's tokens on the corpus (streamed, in batches) and keep: special/added tokens,
+    <unk>, byte tokens (the 256 byte-level symbols or SentencePiece <0xNN> pieces), every token used at least
+    --min-count times and, for BPE, the intermediate tokens its merges need. New ids follow the old order.
+    The corpus tokenises to the same token strings as before; other text falls back to smaller pieces and
+    bytes (and still decodes back, except for Unigram models without byte fallback: <unk>). Writes an HF
+    tokenizer dir with id_map.json ({old_vocab_size, new_vocab_size, old_to_new: {old: new}, new_to_old:
+    [old ids]}, for `model prune`), prune_report.json and adaptation.json."""
+
+    base: str = option(None, metavar="TOKENIZER", required=True,
+                       help="base tokenizer: HF dir, tokenizer.model, .gguf, alias or hub id")
+    corpus: list[str] = option([], metavar="PATH", required=True, help=CORPUS_HELP)
+    reading: ReadingOptions = embed(ReadingOptions)
+    output: OutputOptions = embed(OutputOptions)
+    min_count: int = option(1, metavar="K", help="keep tokens used at least K times")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reading.require_lang()
+        if self.min_count < 1:
+            raise OptionError("min_count", f"must be at least 1, got {self.min_count}")
 
 
-def run_prune(args) -> int:
-    """`langadapt tokenizer prune`: keep the tokens a corpus needs; write tokenizer, id map and report."""
-    from tokenizers import Tokenizer
-
-    from langadapt.corpus import ReadStats, iter_texts, reading_options
-    from langadapt.lang import get_profile
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json, write_json_atomic
-    from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
-
-    out = Path(args.out)
-    if out.exists() and not getattr(args, "overwrite", False):
-        raise LangadaptError(f"output {out} already exists; choose another --out or pass --overwrite")
-    if args.min_count < 1:
-        raise LangadaptError(f"--min-count must be at least 1, got {args.min_count}")
-    tok = load_tokenizer(args.base)
+def tokenizer_prune_command(opts: TokenizerPruneOptions) -> int:
+    """Keep the tokens a corpus needs; write tokenizer, id map and report."""
+    opts.output.check_free()
+    tok = load_tokenizer(opts.base)
     if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
-        raise LangadaptError(f"{args.base}: prune needs a fast (tokenizers-backed) tokenizer")
+        raise LangadaptError(f"{opts.base}: prune needs a fast (tokenizers-backed) tokenizer")
     state = json.loads(tok.backend_tokenizer.to_str())
     kind = tokenizer_kind(tok)
     if state["model"].get("type") not in ("BPE", "Unigram"):
-        raise LangadaptError(f"{args.base}: prune supports BPE and Unigram tokenizers, "
+        raise LangadaptError(f"{opts.base}: prune supports BPE and Unigram tokenizers, "
                              f"this one is {state['model'].get('type')!r}")
 
-    profile = get_profile(args.lang)
     stats = ReadStats()
-    paths = corpus_paths(args)
-    texts = iter_texts(paths, **reading_options(args), stats=stats)
+    texts = opts.reading.iter_texts(opts.corpus, stats=stats)
     samples: list[str] = []
 
     def keep_samples(stream):
@@ -306,36 +313,34 @@ def run_prune(args) -> int:
     start = time.perf_counter()
     counts = count_token_ids(tok, keep_samples(texts))
     seconds = time.perf_counter() - start
-    if stats.records == 0:
-        raise LangadaptError(f"corpus {' '.join(map(str, paths))}: no text records")
-
-    result = prune_state(state, counts, min_count=args.min_count, byte_level=kind == "byte-level-bpe")
+    lang = opts.reading.profile().code
+    result = prune_state(state, counts, min_count=opts.min_count, byte_level=kind == "byte-level-bpe")
     pruned_backend = Tokenizer.from_str(json.dumps(result.state))
     id_map = {"old_vocab_size": result.old_vocab_size, "new_vocab_size": len(result.new_to_old),
               "old_to_new": {str(o): n for n, o in enumerate(result.new_to_old)}, "new_to_old": result.new_to_old}
     report = {
-        "base": str(args.base), "tokenizer_kind": kind, "model_type": state["model"]["type"],
-        "corpus": {"paths": [str(p) for p in paths], "files": stats.files, "records": stats.records,
-                   "tokens": int(counts.sum()), "lang": profile.code},
-        "min_count": args.min_count,
+        "base": str(opts.base), "tokenizer_kind": kind, "model_type": state["model"]["type"],
+        "corpus": {"paths": list(opts.corpus), "files": stats.files, "records": stats.records,
+                   "tokens": int(counts.sum()), "lang": lang},
+        "min_count": opts.min_count,
         "old_vocab_size": result.old_vocab_size, "new_vocab_size": len(result.new_to_old),
         "kept": result.kept, "dropped": result.dropped,
         "merges": ({"old": len(state["model"]["merges"]), "new": len(result.state["model"]["merges"])}
                    if state["model"]["type"] == "BPE" else None),
         "counting_seconds": round(seconds, 2),
     }
-    with atomic_output_dir(out, overwrite=getattr(args, "overwrite", False)) as tmp:
+    with opts.output.directory() as tmp:
         save_pruned_tokenizer(tok, result, tmp)
         check_saved(tmp, pruned_backend, samples[:50])
         write_json_atomic(tmp / "id_map.json", id_map)
         write_json_atomic(tmp / "prune_report.json", report)
-        write_adaptation_json(tmp, "tokenizer.prune", base=str(args.base), tokenizer_kind=kind,
-                              corpus=[str(p) for p in paths], lang=profile.code, min_count=args.min_count,
+        write_adaptation_json(tmp, "tokenizer.prune", base=str(opts.base), tokenizer_kind=kind,
+                              corpus=list(opts.corpus), lang=lang, min_count=opts.min_count,
                               old_vocab_size=result.old_vocab_size, new_vocab_size=len(result.new_to_old),
                               id_map="id_map.json")
     kept = ", ".join(f"{k} {v}" for k, v in result.kept.items())
     dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items())
-    print(f"pruned {args.base}: {result.old_vocab_size} -> {len(result.new_to_old)} tokens "
+    print(f"pruned {opts.base}: {result.old_vocab_size} -> {len(result.new_to_old)} tokens "
           f"(kept: {kept}; dropped: {dropped}); {stats.records} records, {int(counts.sum())} tokens counted "
-          f"in {seconds:.1f} s; wrote {out}")
+          f"in {seconds:.1f} s; wrote {opts.output.out}")
     return 0

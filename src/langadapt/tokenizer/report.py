@@ -26,8 +26,14 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from langadapt.corpus import CORPUS_HELP, ReadingOptions, ReadStats
 from langadapt.errors import LangadaptError
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import write_json_atomic
+from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 from langadapt.tokenizer.prune import BYTE_PIECE, id_space_size, iter_batches
 
 _GENERIC_FILE_NAMES = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.json"}
@@ -42,7 +48,6 @@ def byte_token_mask(tok, kind: str) -> np.ndarray:
     special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
     byte_decoder = None
     if kind == "byte-level-bpe":
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
         byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     for token, i in tok.get_vocab().items():
         if i in special:
@@ -64,7 +69,6 @@ def readable_pieces(tok, kind: str, ids: list[int]) -> list[str]:
     pieces = tok.convert_ids_to_tokens(ids)
     if kind != "byte-level-bpe":
         return pieces
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     readable = []
@@ -126,7 +130,6 @@ def tokenizer_row(c: TokenizerCounts, chars: int, units: int, nbytes: int) -> di
 def measure(counters: list[TokenizerCounts], texts: Iterable[str], profile, max_chars: int | None = None,
             progress: bool = True) -> dict:
     """Stream `texts` once through every tokenizer; return the corpus totals (records, chars, bytes, units)."""
-    from tqdm import tqdm
 
     totals = {"records": 0, "chars": 0, "bytes": 0, "units": 0}
 
@@ -240,72 +243,96 @@ def tokenizer_names(specs: list[str], names: list[str] | None) -> list[str]:
     return out
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- command
 
-def run_report(args) -> int:
-    """`langadapt tokenizer report`: compare tokenizers on a corpus (or one --text) of a language."""
-    from langadapt.corpus import ReadStats, iter_texts, reading_options
-    from langadapt.lang import get_profile
-    from langadapt.outputs import write_json_atomic
-    from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
+@dataclass
+class TokenizerReportOptions(Options):
+    """Compare tokenizers on a corpus or a sentence: tokens per unit, byte fallback, vocab used.
 
-    if args.max_chars is not None and args.max_chars < 1:
-        raise LangadaptError(f"--max-chars must be at least 1, got {args.max_chars}")
-    for opt in ("json", "plot"):
-        target = getattr(args, opt)
-        if target and Path(target).is_dir():
-            raise LangadaptError(f"--{opt} {target}: is a directory, expected a file path")
-    profile = get_profile(args.lang)
-    names = tokenizer_names(args.tokenizer, args.name)
+    For each --tokenizer: vocab size, tokens, characters, units of the language (Tibetan syllables, Chinese
+    characters, words otherwise), tokens per char and per unit, UTF-8 bytes per token, byte-fallback share,
+    unk share and share of the vocab used; a Markdown table on stdout. Byte fallback = SentencePiece <0xNN>
+    pieces; for byte-level BPE, tokens that are not whole characters (their bytes are not complete UTF-8
+    characters). Special tokens are not added. With --text, also the pieces of each tokenizer."""
+
+    tokenizer: list[str] = option([], metavar="SPEC", repeat=True, required=True,
+                                  help="a tokenizer (HF dir, tokenizer.model, .gguf, alias, hub id); repeat to compare")
+    name: list[str] = option([], repeat=True, help="display name of the tokenizer at the same position "
+                                                   "(default: its basename)")
+    corpus: list[str] = option([], metavar="PATH", help=CORPUS_HELP)
+    text: str | None = option(None, help="one text instead of a corpus: also prints the pieces")
+    reading: ReadingOptions = embed(ReadingOptions)
+    max_chars: int | None = option(None, metavar="N", help="read at most N characters of the corpus")
+    json: str | None = option(None, metavar="FILE", help="also write the figures as JSON")
+    plot: str | None = option(None, metavar="FILE.png", help="also draw tokens per unit as a bar chart PNG")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reading.require_lang()
+        if bool(self.corpus) == (self.text is not None):
+            raise OptionError("corpus", "corpus or text: give one of --corpus PATH... or --text TEXT")
+        if self.max_chars is not None and self.max_chars < 1:
+            raise OptionError("max_chars", f"must be at least 1, got {self.max_chars}")
+        for name in ("json", "plot"):
+            target = getattr(self, name)
+            if target and Path(target).is_dir():
+                raise OptionError(name, f"{name} {target}: is a directory, expected a file path")
+        tokenizer_names(self.tokenizer, self.name)  # more names than tokenizers is an error
+
+
+def tokenizer_report_command(opts: TokenizerReportOptions) -> int:
+    """Compare tokenizers on a corpus (or one --text) of a language."""
+    profile = opts.reading.profile()
+    names = tokenizer_names(opts.tokenizer, opts.name)
     counters = []
-    for spec, name in zip(args.tokenizer, names):
+    for spec, name in zip(opts.tokenizer, names):
         tok = load_tokenizer(spec)
         if getattr(tok, "backend_tokenizer", None) is None:
             raise LangadaptError(f"{spec}: report needs a fast (tokenizers-backed) tokenizer")
         counters.append(TokenizerCounts(name, str(spec), tok, tokenizer_kind(tok)))
 
     stats = ReadStats()
-    if args.text is not None:
-        text = profile.normalize(args.text)
+    if opts.text is not None:
+        text = profile.normalize(opts.text)
         if not text.strip():
             raise LangadaptError("--text is empty")
         texts: Iterable[str] = [text]
         paths: list[str] = []
     else:
-        texts = iter_texts(args.corpus, **reading_options(args), stats=stats)
-        paths = [str(p) for p in args.corpus]
+        texts = opts.reading.iter_texts(opts.corpus, stats=stats)
+        paths = [str(p) for p in opts.corpus]
     start = time.perf_counter()
-    totals = measure(counters, texts, profile, max_chars=args.max_chars)
+    totals = measure(counters, texts, profile, max_chars=opts.max_chars)
     wall = time.perf_counter() - start
     if totals["records"] == 0 or totals["chars"] == 0:
         raise LangadaptError(f"corpus {' '.join(paths)}: no text records")
 
     rows = [tokenizer_row(c, totals["chars"], totals["units"], totals["bytes"]) for c in counters]
-    if args.text is not None:
+    if opts.text is not None:
         for row, c in zip(rows, counters):
             ids = c.tok(texts[0], add_special_tokens=False)["input_ids"]
             row["pieces"] = readable_pieces(c.tok, c.kind, ids)
     report = {
         "corpus": {"paths": paths, "records": totals["records"], "chars": totals["chars"], "units": totals["units"],
                    "unit_name": profile.unit_name, "bytes": totals["bytes"], "lang": profile.code,
-                   **({"text": texts[0]} if args.text is not None else {"files": stats.files})},
+                   **({"text": texts[0]} if opts.text is not None else {"files": stats.files})},
         "tokenizers": rows,
     }
-    if args.json:
-        write_json_atomic(args.json, report)
-    if args.plot:
-        write_plot(rows, profile.unit_name, profile.name, Path(args.plot))
+    if opts.json:
+        write_json_atomic(opts.json, report)
+    if opts.plot:
+        write_plot(rows, profile.unit_name, profile.name, Path(opts.plot))
 
-    source = "--text" if args.text is not None else f"{stats.files} files"
+    source = "--text" if opts.text is not None else f"{stats.files} files"
     print(f"{profile.name} ({profile.code}), {source}: {totals['records']:,} records, {totals['chars']:,} chars, "
           f"{totals['units']:,} {profile.unit_name}\n")
     print(markdown_table(rows, profile.unit_name))
-    if args.text is not None:
+    if opts.text is not None:
         print()
         print(pieces_table(rows))
     speeds = ", ".join(f"{r['name']} {r['tokens_per_second'] or 0:,} tokens/s" for r in rows)
     print(f"\ntokenized in {wall:.1f} s (reading included); encoding speed: {speeds}")
     for what in ("json", "plot"):
-        if getattr(args, what):
-            print(f"wrote {getattr(args, what)}")
+        if getattr(opts, what):
+            print(f"wrote {getattr(opts, what)}")
     return 0

@@ -35,10 +35,19 @@ import re
 import resource
 import sys
 import time
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import sentencepiece as spm
+from tqdm import tqdm
+
+from langadapt.corpus import CORPUS_HELP, ReadingOptions, ReadStats
 from langadapt.errors import LangadaptError
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import OutputOptions, file_sha256, write_adaptation_json
+from langadapt.tokenizer.merge_spm import model_proto
 
 LARGE_SCRIPTS = ("bo", "zh", "ko", "ja")
 MAX_SENTENCE_BYTES = 1 << 16
@@ -116,8 +125,6 @@ def train_sentencepiece(texts: Iterable[str], profile, vocab_size: int, model_ty
     Raises LangadaptError for an empty corpus, a corpus without target-script text, or a vocab
     size the corpus cannot support (saying the largest possible).
     """
-    import sentencepiece as spm
-
     options = default_options(profile.code, vocab_size, model_type) | overrides
     counts = {"records": 0, "sentences": 0, "chars": 0, "target_letters": 0, "letters": 0, "duplicates": 0}
     failure: list[BaseException] = []
@@ -125,7 +132,6 @@ def train_sentencepiece(texts: Iterable[str], profile, vocab_size: int, model_ty
     def stream() -> Iterator[str]:
         bar = None
         if progress:
-            from tqdm import tqdm
             bar = tqdm(desc="reading sentences", unit=" sent", file=sys.stderr, disable=None, leave=False)
         try:
             sentences = _sentences(texts, profile.split_sentences, counts)
@@ -183,7 +189,6 @@ def train_sentencepiece(texts: Iterable[str], profile, vocab_size: int, model_ty
 
 
 def _is_mark(ch: str) -> bool:
-    import unicodedata
     return unicodedata.category(ch)[0] == "M"
 
 
@@ -193,8 +198,6 @@ def _maxrss_mb(maxrss: int) -> float:
 
 def write_model_dir(out_dir: Path, name: str, model_bytes: bytes) -> Path:
     """Write `<name>.model` and a `<name>.vocab` listing (piece TAB score per line) into `out_dir`."""
-    from langadapt.tokenizer.merge_spm import model_proto
-
     path = out_dir / f"{name}.model"
     path.write_bytes(model_bytes)
     proto = model_proto()
@@ -205,28 +208,50 @@ def write_model_dir(out_dir: Path, name: str, model_bytes: bytes) -> Path:
     return path
 
 
-def run(args) -> int:
-    """CLI handler of `langadapt tokenizer train`."""
-    from langadapt.corpus import ReadStats, iter_texts, reading_options
-    from langadapt.lang import get_profile
-    from langadapt.outputs import atomic_output_dir, file_sha256, write_adaptation_json
+@dataclass
+class TokenizerTrainOptions(Options):
+    """Train a SentencePiece model (BPE or unigram) on target-language text.
 
-    profile = get_profile(args.lang)
+    Stream the corpus (normalised by the language profile, split into sentences) into sentencepiece's
+    trainer, sampling at most --sample-sentences sentences so memory stays flat. Defaults suit a donor for
+    `tokenizer merge`: identity normalisation, split digits, no byte fallback, character coverage 0.9995
+    for bo/zh/ko. Writes <out>/<name>.model, <name>.vocab and adaptation.json."""
+
+    corpus: list[str] = option([], metavar="PATH", required=True, help=CORPUS_HELP)
+    reading: ReadingOptions = embed(ReadingOptions)
+    output: OutputOptions = embed(OutputOptions)
+    vocab_size: int = option(None, required=True, help="number of pieces")
+    model_type: str = option("bpe", choices=("bpe", "unigram"), help="sentencepiece algorithm")
+    name: str | None = option(None, help="file name stem (default: <lang>-<type>-<vocab>)")
+    sample_sentences: int | None = option(None, help="sentences sentencepiece keeps (random sample; default 2,000,000)")
+    character_coverage: float | None = option(None, help="share of characters covered (default 0.9995 for "
+                                                         "bo/zh/ko/ja, else 1.0)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reading.require_lang()
+        if self.vocab_size < 2:
+            raise OptionError("vocab_size", f"must be at least 2, got {self.vocab_size}")
+
+
+def tokenizer_train_command(opts: TokenizerTrainOptions) -> int:
+    """Train the SentencePiece model and write it with its vocabulary listing and adaptation.json."""
+    profile = opts.reading.profile()
     stats = ReadStats()
-    texts = iter_texts(args.corpus, **reading_options(args), stats=stats)
     overrides = {}
-    if args.sample_sentences is not None:
-        overrides["input_sentence_size"] = args.sample_sentences
-    if args.character_coverage is not None:
-        overrides["character_coverage"] = args.character_coverage
-    model_bytes, facts = train_sentencepiece(texts, profile, args.vocab_size, args.model_type, **overrides)
-    name = args.name or f"{profile.code}-{args.model_type}-{args.vocab_size}"
-    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+    if opts.sample_sentences is not None:
+        overrides["input_sentence_size"] = opts.sample_sentences
+    if opts.character_coverage is not None:
+        overrides["character_coverage"] = opts.character_coverage
+    model_bytes, facts = train_sentencepiece(opts.reading.iter_texts(opts.corpus, stats=stats), profile,
+                                             opts.vocab_size, opts.model_type, **overrides)
+    name = opts.name or f"{profile.code}-{opts.model_type}-{opts.vocab_size}"
+    with opts.output.directory() as tmp:
         path = write_model_dir(tmp, name, model_bytes)
         write_adaptation_json(tmp, "tokenizer-train", lang=profile.code, model=path.name,
-                              model_sha256=file_sha256(path), corpus=[str(p) for p in args.corpus],
+                              model_sha256=file_sha256(path), corpus=list(opts.corpus),
                               files_read=stats.files, **facts)
-    print(f"wrote {Path(args.out) / path.name}: {args.model_type} vocab {args.vocab_size} from "
+    print(f"wrote {Path(opts.output.out) / path.name}: {opts.model_type} vocab {opts.vocab_size} from "
           f"{facts['records']} records ({facts['characters']:,} characters) in {facts['seconds']} s, "
           f"peak memory {facts['peak_rss_mb']} MB")
     return 0

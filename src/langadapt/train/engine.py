@@ -20,18 +20,31 @@ with `langadapt merge`) or, for stage `full`, `model/` (a full model dir).
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from accelerate import PartialState
+from accelerate.utils import DistributedType
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from langadapt.errors import LangadaptError
-from langadapt.train.adapter import ROWS_FILE, apply_rows, embedding_pair, load_rows, save_rows
-from langadapt.train.recipe import TrainKeys
+from langadapt.model.load import load_model
+from langadapt.options import to_mapping
+from langadapt.outputs import atomic_output_dir, write_adaptation_json
+from langadapt.sources import resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer
+from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows, save_rows
+from langadapt.train.recipe import TrainOptions
 
 COMPLETE_MARK = "langadapt-complete"  # written last into a checkpoint dir
 METRICS_FILE = "metrics.jsonl"
@@ -57,7 +70,7 @@ def _mask_rows(weight: torch.nn.Parameter, first_new: int) -> None:
     weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
 
 
-def prepare_model(model, recipe: TrainKeys, new_rows: list[int] | None):
+def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None):
     """Set what trains for `recipe.stage` (wrapping in peft for `lora`); return the model to train."""
     if recipe.stage == "full":
         if new_rows is not None:
@@ -66,8 +79,6 @@ def prepare_model(model, recipe: TrainKeys, new_rows: list[int] | None):
             p.requires_grad_(True)
         return model
     if recipe.stage == "lora":
-        from peft import LoraConfig, get_peft_model
-
         names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         missing = [t for t in recipe.lora_targets if t not in names]
         if missing:
@@ -220,8 +231,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
 
 # ----------------------------------------------------------------------------- run
 
-def training_arguments(recipe: TrainKeys, checkpoints: Path, has_heldout: bool) -> TrainingArguments:
-    """The TrainingArguments of a recipe: fp32 on CPU, bf16 on GPU (precision auto)."""
+def training_arguments(recipe: TrainOptions, checkpoints: Path, has_heldout: bool, max_steps: int) -> TrainingArguments:
+    """The TrainingArguments of a recipe and its budget in steps: fp32 on CPU, bf16 on GPU (precision auto)."""
     cuda = torch.cuda.is_available()
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and cuda)
     if bf16 and not cuda:
@@ -236,7 +247,7 @@ def training_arguments(recipe: TrainKeys, checkpoints: Path, has_heldout: bool) 
         warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay,
         max_grad_norm=recipe.max_grad_norm,
-        max_steps=recipe.max_steps,
+        max_steps=max_steps,
         num_train_epochs=recipe.epochs,
         logging_steps=recipe.logging_steps,
         save_strategy="steps",
@@ -253,12 +264,12 @@ def training_arguments(recipe: TrainKeys, checkpoints: Path, has_heldout: bool) 
         dataloader_num_workers=recipe.dataloader_workers,
         disable_tqdm=not recipe.progress,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="all",
+        include_num_input_tokens_seen="non_padding",
     )
 
 
 
-def open_run_dir(recipe: TrainKeys, state) -> Path | None:
+def open_run_dir(recipe: TrainOptions, state) -> Path | None:
     """Prepare `recipe.out` for a run: the checkpoint to resume from (`resume`), else an empty
     dir (an existing run is an error unless `overwrite`)."""
     out = Path(recipe.out)
@@ -281,7 +292,7 @@ def open_run_dir(recipe: TrainKeys, state) -> Path | None:
     return resume_from
 
 
-def run_callbacks(recipe: TrainKeys, resume_from: Path | None, state) -> list:
+def run_callbacks(recipe: TrainOptions, resume_from: Path | None, state) -> list:
     """metrics.jsonl (trimmed to the resumed step), TensorBoard under <out>/tensorboard and the
     wall-clock budget."""
     out = Path(recipe.out)
@@ -299,8 +310,6 @@ def run_callbacks(recipe: TrainKeys, resume_from: Path | None, state) -> list:
 
 def train_or_explain(trainer, resume_from: Path | None, out: Path):
     """`trainer.train()`, turning a full disk into a clear error that names the checkpoint to resume."""
-    import errno
-
     try:
         return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except OSError as e:
@@ -314,8 +323,6 @@ def train_or_explain(trainer, resume_from: Path | None, out: Path):
 def load_model_for_training(source, tokenizer):
     """The model at `source` in fp32 (master weights; bf16 comes through autocast on GPU), checked
     to have an embedding row for every token of `tokenizer`."""
-    from langadapt.model.load import load_model
-
     model = load_model(str(source), dtype="float32")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab_rows:
@@ -324,32 +331,101 @@ def load_model_for_training(source, tokenizer):
     return model
 
 
-def run_facts(trainer, result, recipe: TrainKeys, source) -> dict:
-    """The summary entries every training run reports: where its base came from and how far it got."""
-    return {
-        "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
-        "steps": trainer.state.global_step, "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "stopped_by_max_minutes": bool(recipe.max_minutes) and trainer.state.global_step < trainer.state.max_steps,
-        "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
-    }
+@dataclass
+class TrainingData:
+    """What a task's data gives the engine."""
+
+    rows: Sequence                 # training rows: {"input_ids", "labels"[, "position_ids"]}
+    tokens_per_row: float          # mean tokens per row (turns a max_tokens budget into steps)
+    has_heldout: bool              # whether the task evaluates held-out data
+    facts: dict = field(default_factory=dict)  # summary entries about the data
+    files: dict = field(default_factory=dict)  # {name: text} written into the run directory
 
 
-def finish_run(model, tokenizer, recipe: TrainKeys, source, new_rows, summary: dict, step: str, state) -> None:
-    """Save the result (main process) with `save_result`, draw curves.png, and wait for every process."""
-    out = Path(recipe.out)
+class TrainingTask(Protocol):
+    """What `pretrain` and `sft` supply to `run_training`; everything else is the same sequence."""
+
+    step: str                      # adaptation.json step prefix: "pretrain" or "sft"
+    model_spec: str                # the model to train
+    tokenizer_spec: str | None     # its tokenizer (None: the model's)
+    sequence_length: int           # tokens per row, at most the model's context
+
+    def load_data(self, tokenizer, state) -> TrainingData: ...
+    def prepare(self, model, source) -> Any: ...                 # what trains (returns the model to train)
+    def make_trainer(self, model, args, data: TrainingData, tokenizer, callbacks) -> Trainer: ...
+    def before_training(self, trainer, resumed: bool) -> dict: ...
+    def after_training(self, trainer) -> dict: ...
+
+
+def budget_steps(options: TrainOptions, tokens_per_row: float, processes: int) -> int:
+    """Optimizer steps of the budget: `max_tokens` over the tokens of one step, else `max_steps` (-1: epochs)."""
+    if options.max_tokens:
+        per_step = tokens_per_row * options.batch_size * options.grad_accum * processes
+        return max(1, math.ceil(options.max_tokens / per_step))
+    return options.max_steps
+
+
+def check_context(source, sequence_length: int, name: str) -> None:
+    """Rows longer than the model's positions are an error, found before the model loads."""
+    max_pos = getattr(AutoConfig.from_pretrained(str(source)).get_text_config(), "max_position_embeddings", None)
+    if max_pos is not None and sequence_length > max_pos:
+        raise LangadaptError(f"{name} {sequence_length} is beyond the model's context of {max_pos} positions")
+
+
+def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
+    """The training sequence of `pretrain` and `sft`: run dir, data, model, trainer, train, save, summary.
+    Returns the summary (also in the result's adaptation.json) and the trained model."""
+    start = time.time()
+    state = PartialState()
+    check_sharding(state, options.stage)
+    out = Path(options.out)
+    source = resolve_model_source(task.model_spec)
+    tokenizer = load_tokenizer(str(task.tokenizer_spec or source))
+    data = task.load_data(tokenizer, state)  # bad data fails before the run directory is touched
+    check_context(source, task.sequence_length, "block_size" if task.step == "pretrain" else "max_seq_len")
+    resume_from = open_run_dir(options, state)
     if state.is_main_process:
-        save_result(model, tokenizer, recipe, source, new_rows, out, summary, step)
+        for name, text in data.files.items():
+            (out / name).write_text(text, encoding="utf-8")
+
+    model = load_model_for_training(source, tokenizer)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    fingerprint = base_fingerprint(model)
+    set_seed(options.seed)  # LoRA's initial weights are random: the same seed, the same run
+    model = task.prepare(model, source)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    max_steps = budget_steps(options, data.tokens_per_row, state.num_processes)
+    args = training_arguments(options, out / "checkpoints", data.has_heldout, max_steps)
+    trainer = task.make_trainer(model, args, data, tokenizer, run_callbacks(options, resume_from, state))
+    before = task.before_training(trainer, resume_from is not None)
+    result = train_or_explain(trainer, resume_from, out)
+    after = task.after_training(trainer)
+
+    steps = trainer.state.global_step
+    summary = {
+        "stage": options.stage, "base": task.model_spec,
+        "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
+        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
+        "budget": {"max_tokens": options.max_tokens, "max_steps": max_steps, "epochs": options.epochs,
+                   "max_minutes": options.max_minutes},
+        "steps": steps, "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "stopped_by_max_minutes": bool(options.max_minutes) and steps < trainer.state.max_steps,
+        "train_loss": round(result.training_loss, 5) if result.training_loss is not None else None,
+        "trainable_parameters": trainable, **data.facts, **before, **after,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "seconds": round(time.time() - start, 1), "recipe": to_mapping(options),
+    }
+    if state.is_main_process:
+        save_result(model, tokenizer, options, source, getattr(task, "new_rows", None), out, summary,
+                    f"{task.step}-{options.stage}")
         if (out / METRICS_FILE).is_file():
             plot_curves(out / METRICS_FILE, out / "curves.png")
     state.wait_for_everyone()
+    return summary, model
 
 
 def check_sharding(state, stage: str) -> None:
     """Stages embeddings/lora save rows from the local parameters, which sharding would split."""
-    import os
-
-    from accelerate.utils import DistributedType
-
     zero3 = state.distributed_type == DistributedType.DEEPSPEED and os.environ.get(
         "ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
     if stage != "full" and (zero3 or state.distributed_type == DistributedType.FSDP):
@@ -366,8 +442,6 @@ def checkpoint_step(path: Path) -> int:
 def save_result(model, tokenizer, recipe, source, new_rows, out: Path, summary: dict, step: str) -> None:
     """Write `out/adapter` (stages embeddings, lora) or `out/model` (stage full), atomically;
     `step` names it in adaptation.json (e.g. pretrain-lora, sft-lora)."""
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json
-
     name = "model" if recipe.stage == "full" else "adapter"
     with atomic_output_dir(out / name, overwrite=True) as tmp:
         if recipe.stage == "full":

@@ -21,11 +21,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from langadapt.errors import LangadaptError
+from langadapt.model.load import load_model
+from langadapt.options import Options, OptionError, embed, option
+from langadapt.outputs import OutputOptions, write_adaptation_json
+from langadapt.sources import resolve_model_source
+from langadapt.tokenizer.load import load_tokenizer
 from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, fingerprint, load_rows
 
 PEFT_CONFIG = "adapter_config.json"
@@ -205,42 +211,54 @@ def _with_rows(w: torch.Tensor, vocab: int, ids: torch.Tensor, trained: torch.Te
     return w
 
 
-def run_merge(args) -> int:
-    """`langadapt merge`: write adapter + base as one full model directory."""
-    from langadapt.model.load import load_model
-    from langadapt.outputs import atomic_output_dir, write_adaptation_json
-    from langadapt.sources import resolve_model_source
-    from langadapt.tokenizer.load import load_tokenizer
+@dataclass
+class MergeOptions(Options):
+    """Load the base model the adapter was trained on (or --base), resize its vocabulary to the adapter's if
+    needed, merge the LoRA weights, write the trained rows and save a standard model dir with the tokenizer and
+    adaptation.json. Refuses an adapter whose vocabulary or base model does not match."""
 
+    adapter: str = option(None, metavar="DIR", required=True, help="an adapter dir written by `pretrain` or `sft`")
+    output: OutputOptions = embed(OutputOptions)
+    base: str | None = option(None, metavar="MODEL", help="base model (default: the one in adaptation.json)")
+    dtype: str | None = option(None, help="save in this dtype (default: the base model's)")
+    in_memory: bool = option(False, help="load the whole model and merge with peft (default for a local safetensors "
+                                         "base: shard by shard, peak memory about one shard)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise OptionError("dtype", f"unknown dtype '{self.dtype}' (expected e.g. float32, bfloat16)")
+
+
+def merge_command(opts: MergeOptions) -> int:
+    """Write adapter + base as one full model directory."""
     start = time.perf_counter()
-    adapter_dir = Path(args.adapter)
+    adapter_dir = Path(opts.adapter)
     record = read_adapter(adapter_dir)
-    base = args.base or record.get("base_source")
+    base = opts.base or record.get("base_source")
     if not base:
         raise LangadaptError(f"{adapter_dir}: adaptation.json names no base model; pass --base")
     tokenizer = load_tokenizer(str(adapter_dir))
     if len(tokenizer) > record["vocab_rows"]:
         raise LangadaptError(f"{adapter_dir}: its tokenizer has {len(tokenizer)} tokens but the adapter only "
                              f"{record['vocab_rows']} rows")
-    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
-        raise LangadaptError(f"unknown --dtype '{args.dtype}' (expected e.g. float32, bfloat16)")
     source = resolve_model_source(base)
-    by_shard = not getattr(args, "in_memory", False) and isinstance(source, Path) and any(
+    by_shard = not opts.in_memory and isinstance(source, Path) and any(
         (source / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
-    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+    with opts.output.directory() as tmp:
         if by_shard:
-            report = merge_by_shard(source, adapter_dir, record, tmp, dtype=args.dtype)
+            report = merge_by_shard(source, adapter_dir, record, tmp, dtype=opts.dtype)
         else:
             model = load_model(str(source), dtype="float32")
-            dtype = args.dtype or str(getattr(model.config, "dtype", None) or "float32").replace("torch.", "")
+            dtype = opts.dtype or str(getattr(model.config, "dtype", None) or "float32").replace("torch.", "")
             model = merge_adapter(model, adapter_dir, record).to(getattr(torch, dtype))
             model.save_pretrained(tmp)
             report = {"method": "in memory (peft merge_and_unload)"}
         tokenizer.save_pretrained(tmp)
         shutil.copyfile(adapter_dir / "adaptation.json", tmp / "adaptation.json")
         write_adaptation_json(tmp, "merge", adapter=str(adapter_dir.resolve()), base=str(base),
-                              vocab_rows=record["vocab_rows"], dtype=args.dtype,
+                              vocab_rows=record["vocab_rows"], dtype=opts.dtype,
                               seconds=round(time.perf_counter() - start, 1), **report)
-    print(json.dumps({"out": str(args.out), "base": str(base), "adapter": str(adapter_dir),
+    print(json.dumps({"out": str(opts.output.out), "base": str(base), "adapter": str(adapter_dir),
                       "vocab_rows": record["vocab_rows"], **report}, indent=2))
     return 0

@@ -1,28 +1,26 @@
 """`langadapt pretrain`: continued pretraining on packed blocks with transformers' Trainer.
 
-The stages and the run directory are described in `train/engine.py`. Pretraining adds the
-packed-block cache of the corpus (`train/data.py`) and evaluates the held-out text in bits per
-character (a sliding window, comparable across tokenizers, unlike the loss per token).
+The stages, the run directory and the sequence (`engine.run_training`) are shared with `sft`.
+What pretraining adds: the packed-block cache of the corpus (`train/data.py`), and a held-out
+evaluation in bits per character (a sliding window, comparable across tokenizers, unlike the loss
+per token).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
+from accelerate import PartialState
 
+from langadapt.corpus import expand_paths
 from langadapt.errors import LangadaptError
-from langadapt.train.adapter import base_fingerprint, embedding_pair
-from langadapt.train.engine import (COMPLETE_MARK, RowsTrainer, added_row_ids, check_sharding, finish_run,
-                                    latest_checkpoint, load_model_for_training, open_run_dir, prepare_model,
-                                    run_callbacks, run_facts, train_or_explain, training_arguments)
-from langadapt.train.recipe import Recipe, recipe_from_args
-
-__all__ = ["COMPLETE_MARK", "PretrainTrainer", "latest_checkpoint", "prepare_model", "pretrain", "training_arguments"]
+from langadapt.model.score import bpc_of_text
+from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
+from langadapt.train.engine import (RowsTrainer, TrainingData, added_row_ids, prepare_model, run_training)
+from langadapt.train.recipe import PretrainOptions
 
 
 class PretrainTrainer(RowsTrainer):
@@ -34,8 +32,6 @@ class PretrainTrainer(RowsTrainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval") -> dict:
         """Bits per char of the held-out text (sliding window of block_size, stride block_size/2)."""
-        from langadapt.model.score import bpc_of_text
-
         model = self.model
         was_training = model.training
         model.eval()
@@ -52,96 +48,73 @@ class PretrainTrainer(RowsTrainer):
         return metrics
 
 
+class PretrainTask:
+    """Packed blocks of the corpus; held-out bits per char (see `engine.TrainingTask`)."""
 
-def _check_recipe_inputs(recipe: Recipe) -> None:
-    for name in ("model", "out"):
-        if not getattr(recipe, name):
-            raise LangadaptError(f"recipe key '{name}' is required (in the YAML or as --{name})")
-    if not recipe.corpus:
-        raise LangadaptError("recipe key 'corpus' is required: the training text paths")
+    step = "pretrain"
+    tokenizer_spec = None
 
+    def __init__(self, options: PretrainOptions):
+        self.options = options
+        self.model_spec, self.sequence_length = options.model, options.block_size
+        self.heldout_text, self.new_rows = "", None
 
-def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
-    """Run one pretraining recipe end to end; return its summary (also in adaptation.json) and the model."""
-    from accelerate import PartialState
-    from transformers import AutoConfig, set_seed
+    def load_data(self, tokenizer, state) -> TrainingData:
+        o = self.options
+        corpus = CorpusSpec(o.corpus, o.reading)
+        with state.main_process_first():  # one process tokenises; the others then read the cache
+            blocks = load_blocks(tokenizer, corpus, o.block_size, o.cache_dir,
+                                 progress=o.progress and state.is_main_process, workers=o.cache_workers)
+        if o.heldout:
+            self.heldout_text = self._heldout_text(blocks, state)
+        return TrainingData(blocks, o.block_size, bool(self.heldout_text), {"data": blocks.facts()})
 
-    from langadapt.corpus import expand_paths
-    from langadapt.model.score import window_spans
-    from langadapt.sources import resolve_model_source
-    from langadapt.tokenizer.load import load_tokenizer
-    from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
-
-    _check_recipe_inputs(recipe)
-    start = time.time()
-    state = PartialState()
-    check_sharding(state, recipe.stage)
-    out = Path(recipe.out)
-    resume_from = open_run_dir(recipe, state)
-
-    source = resolve_model_source(recipe.model)
-    tokenizer = load_tokenizer(str(source))
-    cfg = AutoConfig.from_pretrained(str(source)).get_text_config()
-    max_pos = getattr(cfg, "max_position_embeddings", None)
-    if max_pos is not None and recipe.block_size > max_pos:
-        raise LangadaptError(f"block_size {recipe.block_size} is beyond the model's context of {max_pos} positions")
-
-    corpus = CorpusSpec(recipe.corpus, recipe.lang, recipe.text_field, recipe.column,
-                        None if recipe.clean == "none" else recipe.clean)
-    with state.main_process_first():  # one process tokenises; the others then read the cache
-        data = load_blocks(tokenizer, corpus, recipe.block_size, recipe.cache_dir,
-                           progress=recipe.progress and state.is_main_process, workers=recipe.cache_workers)
-    heldout_text = ""
-    if recipe.heldout:
-        held = CorpusSpec(recipe.heldout, recipe.lang, recipe.text_field, recipe.column, corpus.clean)
+    def _heldout_text(self, blocks, state) -> str:
+        """The held-out records joined with newlines, without those that also occur in the training blocks."""
+        held = CorpusSpec(self.options.heldout, self.options.reading)
         records = [r for f in held.files() for r in _records_or_empty(held, f)]
-        records, seen = unseen_heldout(data, expand_paths(recipe.heldout), records)
+        records, seen = unseen_heldout(blocks, expand_paths(self.options.heldout), records)
         if seen and state.is_main_process:
             print(f"held-out text: {seen} records also appear in the training corpus and are left out of the "
                   f"held-out score ({len(records)} kept)", file=sys.stderr)
         if not records:
             raise LangadaptError("every held-out record also appears in the training corpus; choose other held-out text")
-        heldout_text = "\n".join(records)[:recipe.heldout_max_chars]
-        window_spans(2, recipe.block_size, max(1, recipe.block_size // 2))
+        return "\n".join(records)[:self.options.heldout_max_chars]
 
-    model = load_model_for_training(source, tokenizer)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    fingerprint = base_fingerprint(model)
-    new_rows = added_row_ids(source, vocab_rows) if recipe.new_rows_only else None
-    if new_rows is not None and not new_rows:
-        raise LangadaptError(f"new_rows_only: {source} has no added rows to train")
-    set_seed(recipe.seed)  # LoRA's initial weights are random: the same seed, the same run
-    model = prepare_model(model, recipe, new_rows)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def prepare(self, model, source):
+        rows = model.get_input_embeddings().weight.shape[0]
+        if self.options.new_rows_only:
+            self.new_rows = added_row_ids(source, rows)
+            if not self.new_rows:
+                raise LangadaptError(f"new_rows_only: {source} has no added rows to train")
+        return prepare_model(model, self.options, self.new_rows)
 
-    args = training_arguments(recipe, out / "checkpoints", bool(heldout_text))
-    # The "eval dataset" is the held-out text itself: `PretrainTrainer.evaluate` scores it with the
-    # sliding window (bits per char), which is comparable across tokenizers, unlike eval loss.
-    trainer = PretrainTrainer(
-        model=model, args=args, train_dataset=data, eval_dataset=[heldout_text] if heldout_text else None,
-        processing_class=tokenizer,
-        callbacks=run_callbacks(recipe, resume_from, state),
-        peft=recipe.stage == "lora", new_rows_only=new_rows is not None, heldout_text=heldout_text,
-        block_size=recipe.block_size)
-    result = train_or_explain(trainer, resume_from, out)
-    final = {}
-    if heldout_text:  # held-out bpc of the final weights (reuse the last eval if it was at the end)
+    def make_trainer(self, model, args, data, tokenizer, callbacks):
+        # The "eval dataset" is the held-out text itself: `PretrainTrainer.evaluate` scores it with the
+        # sliding window (bits per char), which is comparable across tokenizers, unlike eval loss.
+        return PretrainTrainer(model=model, args=args, train_dataset=data.rows,
+                               eval_dataset=[self.heldout_text] if self.heldout_text else None,
+                               processing_class=tokenizer, callbacks=callbacks, peft=self.options.stage == "lora",
+                               new_rows_only=self.new_rows is not None, heldout_text=self.heldout_text,
+                               block_size=self.options.block_size)
+
+    def before_training(self, trainer, resumed: bool) -> dict:
+        return {}  # the untrained model's bits per char is `eval bpc`'s job
+
+    def after_training(self, trainer) -> dict:
+        """Held-out bits per char of the final weights (the last evaluation, if it was at the end)."""
+        facts = {"new_rows_only": self.new_rows is not None,
+                 "trained_rows": [self.new_rows[0], self.new_rows[-1] + 1] if self.new_rows else None}
+        if not self.heldout_text:
+            return {**facts, "heldout_bpc": None}
         evals = [r for r in trainer.state.log_history if "eval_bpc" in r]
-        if evals and evals[-1]["step"] == trainer.state.global_step:
-            final = {"eval_bpc": evals[-1]["eval_bpc"]}
-        else:
-            final = trainer.evaluate()
+        last = evals[-1] if evals and evals[-1]["step"] == trainer.state.global_step else trainer.evaluate()
+        return {**facts, "heldout_bpc": last["eval_bpc"]}
 
-    summary = {
-        "stage": recipe.stage, "base": recipe.model, **run_facts(trainer, result, recipe, source),
-        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
-        "new_rows_only": new_rows is not None, "trained_rows": [new_rows[0], vocab_rows] if new_rows else None,
-        "trainable_parameters": trainable, "heldout_bpc": final.get("eval_bpc"), "data": data.facts(),
-        "resumed_from": str(resume_from) if resume_from else None,
-        "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
-    }
-    finish_run(model, tokenizer, recipe, source, new_rows, summary, f"pretrain-{recipe.stage}", state)
-    return summary, model
+
+def pretrain(options: PretrainOptions) -> tuple[dict, object]:
+    """Run one pretraining recipe end to end; return its summary (also in adaptation.json) and the model."""
+    return run_training(options, PretrainTask(options))
 
 
 def _records_or_empty(corpus, path):
@@ -153,20 +126,11 @@ def _records_or_empty(corpus, path):
         raise
 
 
-def run_pretrain(args) -> int:
-    """`langadapt pretrain`: continued pretraining from a recipe (YAML + command-line overrides)."""
-    recipe = recipe_from_args(args)
-    summary, _ = pretrain(recipe)
-    from accelerate import PartialState
-
+def pretrain_command(opts: PretrainOptions) -> int:
+    """Continued pretraining from a recipe (YAML + command-line overrides); prints the summary."""
+    summary, _ = pretrain(opts)
     if PartialState().is_main_process:
         keys = ("stage", "steps", "tokens_seen", "train_loss", "heldout_bpc", "trainable_parameters", "seconds")
-        print(json.dumps({"out": recipe.out, **{k: summary[k] for k in keys}}, indent=2))
-        print(f"wrote {Path(recipe.out) / ('model' if recipe.stage == 'full' else 'adapter')}", file=sys.stderr)
+        print(json.dumps({"out": opts.out, **{k: summary[k] for k in keys}}, indent=2))
+        print(f"wrote {Path(opts.out) / ('model' if opts.stage == 'full' else 'adapter')}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":  # `accelerate launch -m langadapt.train.pretrain --config ...`
-    from langadapt.cli import main
-
-    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -1,277 +1,183 @@
-"""The training recipes of `pretrain` (`Recipe`) and `sft` (`SftRecipe`): one flat YAML mapping
-each, every key also a `--key value` CLI option.
+"""The options of `pretrain` (`PretrainOptions`) and `sft` (`SftOptions`): each a flat YAML recipe
+whose every key is also a `--key value` flag.
 
-This module imports no torch, so the CLI can build its options from `Recipe` cheaply.
+This module imports no torch, so the CLI builds its options cheaply.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from langadapt.errors import LangadaptError
+from langadapt.corpus import CORPUS_HELP, ReadingOptions
+from langadapt.options import Options, OptionError, embed, from_mapping, option, read_yaml_mapping
 
 STAGES = ("embeddings", "lora", "full")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+POSITIVE = ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "lora_r", "lora_alpha")
 
 
 @dataclass
-class TrainKeys:
-    """The keys `pretrain` and `sft` share: model, output, what trains and how."""
+class TrainOptions(Options):
+    """The keys `pretrain` and `sft` share: model, output, what trains and how, the budget."""
 
-    model: str = ""                       # model dir/alias/.gguf; its tokenizer is used
-    out: str = ""                         # run directory: checkpoints, logs, final adapter
-    stage: str = "lora"                   # embeddings | lora | full
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    lora_targets: list = field(default_factory=lambda: list(LORA_TARGETS))
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 8                   # blocks (pretrain) or examples (sft) per device per step
-    grad_accum: int = 1
-    max_steps: int = -1                   # -1: run `epochs` epochs
-    max_minutes: float = 0.0              # stop after this much training time (0: no limit)
-    epochs: float = 1.0
-    logging_steps: int = 10
-    eval_steps: int = 200                 # held-out evaluation every N steps (0: only at the end)
-    save_steps: int = 200
-    save_total_limit: int = 3
-    seed: int = 42
-    gradient_checkpointing: bool = True
-    precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    dataloader_workers: int = 0
-    resume: bool = False                  # continue from the newest complete checkpoint in `out`
-    overwrite: bool = False               # start over in an existing `out`
-    progress: bool = True
+    model: str = option(None, metavar="MODEL", help="model dir, alias or .gguf to train (its tokenizer is used); e.g. "
+                                                    "the output of `model extend` (pretrain) or of `merge` (sft)")
+    out: str = option(None, metavar="DIR", required=True,
+                      help="run directory: checkpoints/, metrics.jsonl, curves.png, adapter/ (or model/ for stage full)")
+    stage: str = option("lora", choices=STAGES,
+                        help="embeddings (embeddings + LM head), lora (LoRA + embeddings + LM head) or full")
+    lora_r: int = option(64, help="LoRA rank")
+    lora_alpha: int = option(128, help="LoRA alpha")
+    lora_dropout: float = option(0.05, help="LoRA dropout")
+    lora_targets: list[str] = option(LORA_TARGETS, help="module names that get LoRA")
+    learning_rate: float = option(2e-4, help="peak learning rate")
+    lr_scheduler: str = option("cosine", help="transformers scheduler name (cosine, linear, ...)")
+    warmup_ratio: float = option(0.05, help="share of the steps spent warming up")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, help="gradient clipping norm")
+    batch_size: int = option(8, help="blocks (pretrain) or examples/packed rows (sft) per device per step")
+    grad_accum: int = option(1, help="gradient accumulation steps")
+    max_tokens: int = option(0, help="training budget in tokens: train for the optimizer steps that see this many "
+                                     "tokens (0: use max_steps or epochs); the same on any machine")
+    max_steps: int = option(-1, help="optimizer steps (-1: use max_tokens or epochs)")
+    epochs: float = option(1.0, help="passes over the data when neither max_tokens nor max_steps is set")
+    max_minutes: float = option(0.0, help="safety cap: stop once this many minutes of training have passed (held-out "
+                                          "evaluation and checkpoint saving not counted; 0: no cap). The result then "
+                                          "depends on the machine's speed, and the summary says the cap was hit")
+    logging_steps: int = option(10, help="log the loss every N steps")
+    eval_steps: int = option(200, help="held-out evaluation (pretrain: bits per char; sft: loss on answers) every N "
+                                       "steps (0: only at the end)")
+    save_steps: int = option(200, help="checkpoint every N steps")
+    save_total_limit: int = option(3, help="checkpoints kept")
+    seed: int = option(42, help="random seed (data order, LoRA init)")
+    gradient_checkpointing: bool = option(True, help="recompute activations in the backward pass (less memory, "
+                                                     "~30% slower)")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16")
+    dataloader_workers: int = option(0, help="DataLoader worker processes")
+    resume: bool = option(False, help="continue from the newest complete checkpoint in out")
+    overwrite: bool = option(False, help="delete an existing run in out and start over")
+    progress: bool = option(True, help="show progress bars")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise OptionError(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise OptionError("max_steps", f"must be positive (or -1 to use max_tokens or epochs), got {self.max_steps}")
+        if self.max_steps > 0 and self.max_tokens > 0:
+            raise OptionError("max_tokens", "max_tokens and max_steps both set a budget; give one of them")
+        for name in ("max_tokens", "max_minutes", "learning_rate", "warmup_ratio", "weight_decay", "epochs",
+                     "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise OptionError(name, f"must be 0 or positive, got {getattr(self, name)}")
+        if self.max_tokens == 0 and self.max_steps == -1 and self.epochs == 0:
+            raise OptionError("epochs", "must be positive when neither max_tokens nor max_steps is set")
+        if self.warmup_ratio >= 1:
+            raise OptionError("warmup_ratio", f"must be below 1, got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise OptionError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if self.resume and self.overwrite:
+            raise OptionError("resume", "resume and overwrite contradict each other; choose one")
 
 
 @dataclass
-class Recipe(TrainKeys):
-    """Everything a `langadapt pretrain` run needs; defaults are the seed recipe's."""
+class PretrainOptions(TrainOptions):
+    """Tokenise the corpus once into a cache of packed blocks (documents joined with EOS), then train with
+    transformers' Trainer: stage 'embeddings' (embeddings + LM head only), 'lora' (LoRA on q,k,v,o,gate,up,down
+    + embeddings + LM head) or 'full'. Every recipe key can be given in --config RECIPE.yaml or as --key value
+    (the command line wins). Writes <out>/checkpoints, metrics.jsonl, curves.png and <out>/adapter (a peft
+    adapter; or <out>/model for stage full). --resume continues from the newest complete checkpoint. Several
+    GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml -m langadapt.cli pretrain --config
+    RECIPE.yaml"""
 
-    corpus: list = field(default_factory=list)   # training text paths
-    heldout: list = field(default_factory=list)  # held-out text paths (bits per char at each eval)
-    lang: str = "generic"
-    text_field: str = "text"
-    column: str | None = None
-    clean: str = "none"
-    cache_dir: str | None = None          # packed-block cache (default $LANGADAPT_HOME/blocks)
-    cache_workers: int = 1                # processes tokenising files in parallel
-    block_size: int = 1024
-    new_rows_only: bool = False           # embeddings/head: train only rows of tokens added by `model extend`
-    heldout_max_chars: int = 20000
+    corpus: list[str] = option([], metavar="PATH", required=True, help="training text: " + CORPUS_HELP)
+    heldout: list[str] = option([], metavar="PATH", help="held-out text scored in bits per char at each eval (must "
+                                                         "not overlap the corpus)")
+    reading: ReadingOptions = embed(ReadingOptions)
+    cache_dir: str | None = option(None, metavar="DIR", help="packed-block cache (default $LANGADAPT_HOME/blocks)")
+    cache_workers: int = option(1, help="processes tokenising corpus files in parallel (1: the tokenizer's own "
+                                        "threads only)")
+    block_size: int = option(1024, help="tokens per training block (at most the model's context)")
+    new_rows_only: bool = option(False, help="train only the embedding/LM-head rows of tokens added by `model extend`")
+    heldout_max_chars: int = option(20000, help="score at most this many held-out characters")
+
+    recipe_file = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model:
+            raise OptionError("model", "is required: the model to train")
+        for name in ("block_size", "cache_workers", "heldout_max_chars"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.new_rows_only and self.stage == "full":
+            raise OptionError("new_rows_only", "applies to stages embeddings and lora, not full")
 
 
 @dataclass
-class SftRecipe(TrainKeys):
-    """Everything a `langadapt sft` run needs; defaults are Chinese-Alpaca-2's instruction tuning."""
+class SftOptions(TrainOptions):
+    """Read instruction data (Alpaca {instruction,input,output}, Firefly {kind,input,target}, prompt
+    {input,target}, {messages:[{role,content}]}, ShareGPT {conversations:[{from,value}]}, QA
+    {context,question,answer}; .json arrays or JSON Lines; the format is detected per file), render each
+    conversation with a chat template and train on the assistant turns only (--train-on-prompt,
+    --last-turn-only). Over-long examples keep the end of the prompt and the start of the answer within
+    max_seq_len; the summary counts what was cut or dropped. Same engine, stages, checkpoints and outputs as
+    `pretrain`; the held-out evaluation is the loss on answers. Merge the adapter with `langadapt merge`.
+    Defaults are Chinese-Alpaca-2's instruction tuning."""
 
-    data: list = field(default_factory=list)     # instruction files
-    data_format: str = "auto"
-    heldout: list = field(default_factory=list)  # held-out instruction files (loss on answers)
-    heldout_share: float = 0.02                  # without `heldout`: this share of `data`, at most 200 examples
-    template: str = "auto"
-    max_seq_len: int = 1024
-    train_on_prompt: bool = False
-    last_turn_only: bool = False
-    truncate: bool = True
-    pack: bool = False
-    skip_bad: bool = False
-    adapter: str | None = None            # continue training this adapter (on its base model)
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.03
-    batch_size: int = 1
-    grad_accum: int = 8
+    data: list[str] = option([], metavar="PATH", help="instruction files (.json array or JSON Lines): Alpaca, Firefly, "
+                             "prompt (input/target), messages, ShareGPT conversations, QA; the format is detected per "
+                             "file")
+    data_format: str = option("auto", help="force one format for every file instead of detecting it (auto)")
+    heldout: list[str] = option([], metavar="PATH", help="held-out instruction files (loss on answers)")
+    heldout_share: float = option(0.02, help="without heldout files: hold out this share of data (at most 200 "
+                                             "examples) for the loss on answers")
+    template: str = option("auto", help="chat template: alpaca, llama2-chat, firefly, chatml, auto (the tokenizer's "
+                                        "own) or a .jinja file; see `langadapt sft --list-templates`")
+    max_seq_len: int = option(1024, help="tokens per example (longer ones: prompt cut from the left, answer from "
+                                         "the right)")
+    train_on_prompt: bool = option(False, help="compute the loss on prompt tokens too (default: assistant turns only)")
+    last_turn_only: bool = option(False, help="compute the loss on the last assistant turn only (default: every "
+                                              "assistant turn)")
+    truncate: bool = option(True, help="cut over-long examples within the budget (false: drop them, counted in the "
+                                       "summary)")
+    pack: bool = option(False, help="pack several short examples into one row of max_seq_len (attention kept within "
+                                    "each example)")
+    skip_bad: bool = option(False, help="skip malformed records (counted and reported) instead of stopping at the "
+                                        "first")
+    adapter: str | None = option(None, metavar="DIR", help="continue training this adapter dir (LoRA + rows) on the "
+                                                           "model it was trained on, instead of a new LoRA")
+    learning_rate: float = option(1e-4, help="peak learning rate")
+    warmup_ratio: float = option(0.03, help="share of the steps spent warming up")
+    batch_size: int = option(1, help="examples (or packed rows) per device per step")
+    grad_accum: int = option(8, help="gradient accumulation steps")
 
+    recipe_file = True
+    listings = {"--list-templates": ("list the chat templates and exit", "langadapt.train.sft:list_templates")}
 
-
-
-def field_names(cls: type = Recipe) -> list[str]:
-    """The keys of a recipe class, in order."""
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-HELP = {
-    "model": "model dir, alias or .gguf to train (its tokenizer is used); e.g. the output of `model extend` "
-             "(pretrain) or of `merge` (sft)",
-    "corpus": "training text: files, directories, globs, .jsonl, .conllu, .csv/.tsv, .gz",
-    "heldout": "held-out text scored in bits per char at each eval (must not overlap the corpus)",
-    "lang": "language profile for reading and normalising text (bo, zh, ko, en, ...)",
-    "text_field": "JSON field of .jsonl records", "column": "column of .csv/.tsv files",
-    "clean": "markup cleaner: none or kangyur",
-    "out": "run directory: checkpoints/, metrics.jsonl, curves.png, adapter/ (or model/ for stage full)",
-    "cache_dir": "packed-block cache (default $LANGADAPT_HOME/blocks)",
-    "cache_workers": "processes tokenising corpus files in parallel (1: the tokenizer's own threads only)",
-    "block_size": "tokens per training block (at most the model's context)",
-    "stage": "embeddings (embeddings + LM head), lora (LoRA + embeddings + LM head) or full",
-    "new_rows_only": "train only the embedding/LM-head rows of tokens added by `model extend`",
-    "lora_r": "LoRA rank", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
-    "lora_targets": "module names that get LoRA",
-    "learning_rate": "peak learning rate", "lr_scheduler": "transformers scheduler name (cosine, linear, ...)",
-    "warmup_ratio": "share of the steps spent warming up", "weight_decay": "AdamW weight decay",
-    "max_grad_norm": "gradient clipping norm", "batch_size": "blocks (pretrain) or examples/packed rows (sft) per "
-                                                             "device per step",
-    "grad_accum": "gradient accumulation steps", "max_steps": "optimizer steps (-1: use epochs)",
-    "max_minutes": "stop once this many minutes of training have passed (held-out evaluation and "
-                   "checkpoint saving not counted; 0: no limit); the lr schedule still follows max_steps",
-    "epochs": "passes over the blocks when max_steps is -1", "logging_steps": "log the loss every N steps",
-    "eval_steps": "held-out evaluation (pretrain: bits per char; sft: loss on answers) every N steps "
-                  "(0: only at the end)",
-    "save_steps": "checkpoint every N steps", "save_total_limit": "checkpoints kept",
-    "heldout_max_chars": "score at most this many held-out characters", "seed": "random seed (data order, LoRA init)",
-    "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30% slower)",
-    "precision": "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16",
-    "dataloader_workers": "DataLoader worker processes",
-    "resume": "continue from the newest complete checkpoint in out",
-    "overwrite": "delete an existing run in out and start over", "progress": "show progress bars",
-    # sft
-    "data": "instruction files (.json array or JSON Lines): Alpaca, Firefly, prompt (input/target), messages, "
-            "ShareGPT conversations, QA; the format is detected per file",
-    "data_format": "force one format for every file instead of detecting it (auto)",
-    "heldout_share": "without heldout files: hold out this share of data (at most 200 examples) for the loss on answers",
-    "template": "chat template: alpaca, llama2-chat, firefly, chatml, auto (the tokenizer's own) or a .jinja file; "
-                "see `langadapt sft --list-templates`",
-    "max_seq_len": "tokens per example (longer ones: prompt cut from the left, answer from the right)",
-    "train_on_prompt": "compute the loss on prompt tokens too (default: assistant turns only)",
-    "last_turn_only": "compute the loss on the last assistant turn only (default: every assistant turn)",
-    "truncate": "cut over-long examples within the budget (false: drop them, counted in the summary)",
-    "pack": "pack several short examples into one row of max_seq_len (attention kept within each example)",
-    "skip_bad": "skip malformed records (counted and reported) instead of stopping at the first",
-    "adapter": "continue training this adapter dir (LoRA + rows) on the model it was trained on, instead of a new LoRA",
-}
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model and not self.adapter:
+            raise OptionError("model", "is required (or adapter, whose adaptation.json names its base model)")
+        if not self.data:
+            raise OptionError("data", "is required: the instruction files")
+        if self.max_seq_len < 1:
+            raise OptionError("max_seq_len", f"must be a positive integer, got {self.max_seq_len}")
+        if not 0 <= self.heldout_share < 1:
+            raise OptionError("heldout_share", f"must be in [0, 1), got {self.heldout_share}")
+        if self.train_on_prompt and self.last_turn_only:
+            raise OptionError("train_on_prompt", "train_on_prompt and last_turn_only contradict each other; choose one")
 
 
-def _type_of(name: str, cls: type = Recipe) -> type:
-    default = cls().__dict__[name]
-    if isinstance(default, bool):
-        return bool
-    if isinstance(default, list):
-        return list
-    if isinstance(default, (int, float)):
-        return type(default)
-    return str
+def recipe_from_dict(data: dict, where: str = "recipe", cls: type = PretrainOptions):
+    """Training options (`cls`) from a flat mapping: unknown keys and bad values are errors naming `where`."""
+    return from_mapping(cls, data, where)
 
 
-def _coerce(name: str, value: Any, where: str, cls: type) -> Any:
-    """Check and convert one value to the type of `cls.<name>`."""
-    kind = _type_of(name, cls)
-    if value is None:
-        return None
-    if kind is list:
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "1"):
-            return True
-        if str(value).lower() in ("false", "no", "0"):
-            return False
-    else:
-        try:
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return kind(value)
-        except (TypeError, ValueError):
-            pass
-    raise LangadaptError(f"{where}: '{name}' must be {kind.__name__}, got {value!r}")
-
-
-def unknown_key_error(key: str, where: str, cls: type = Recipe) -> LangadaptError:
-    """'unknown key' with the nearest known key suggested."""
-    names = field_names(cls)
-    near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(names)}"
-    return LangadaptError(f"{where}: unknown key '{key}'{hint}")
-
-
-def recipe_from_dict(data: dict, where: str = "recipe", base=None, cls: type | None = None):
-    """A recipe (`cls`, default `Recipe`) from a mapping (keys checked, values type-checked),
-    over `base` or the defaults."""
-    cls = cls or (type(base) if base is not None else Recipe)
-    values = dataclasses.asdict(base) if base is not None else {}
-    names = set(field_names(cls))
-    for key, value in data.items():
-        key = str(key).replace("-", "_")
-        if key not in names:
-            raise unknown_key_error(key, where, cls)
-        values[key] = _coerce(key, value, where, cls)
-    recipe = cls(**values)
-    validate(recipe, where)
-    return recipe
-
-
-def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:
-    """The top-level mapping of a YAML file, with one-line errors for a missing file, invalid YAML
-    or another top level."""
-    import yaml
-
+def load_recipe(path: str | Path, cls: type = PretrainOptions):
+    """Training options from a YAML recipe file."""
     path = Path(path)
-    if not path.is_file():
-        raise LangadaptError(f"{what} {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise LangadaptError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise LangadaptError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
+    return from_mapping(cls, read_yaml_mapping(path, "recipe"), str(path))
 
-
-def load_recipe(path: str | Path | None, overrides: dict | None = None, cls: type = Recipe):
-    """Read a YAML recipe and apply command-line overrides (None values are not overrides)."""
-    data = read_yaml_mapping(path) if path is not None else {}
-    where = str(path) if path else "command line"
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return recipe_from_dict(data, where, cls=cls)
-
-
-def validate(r: TrainKeys, where: str) -> None:
-    """Value checks that need no model or data."""
-    if r.stage not in STAGES:
-        raise LangadaptError(f"{where}: stage must be one of {', '.join(STAGES)}, got '{r.stage}'")
-    if r.precision not in ("auto", "fp32", "bf16"):
-        raise LangadaptError(f"{where}: precision must be auto, fp32 or bf16, got '{r.precision}'")
-    for name in ("block_size", "max_seq_len", "batch_size", "grad_accum", "logging_steps", "save_steps", "lora_r",
-                 "cache_workers"):
-        if getattr(r, name, 1) < 1:
-            raise LangadaptError(f"{where}: {name} must be a positive integer, got {getattr(r, name)}")
-    if r.max_steps == 0 or r.max_steps < -1:
-        raise LangadaptError(f"{where}: max_steps must be positive (or -1 to use epochs), got {r.max_steps}")
-    if r.max_minutes < 0:
-        raise LangadaptError(f"{where}: max_minutes must be 0 (no limit) or positive, got {r.max_minutes}")
-    if not 0 <= r.lora_dropout < 1:
-        raise LangadaptError(f"{where}: lora_dropout must be in [0, 1), got {r.lora_dropout}")
-    if not 0 <= getattr(r, "heldout_share", 0) < 1:
-        raise LangadaptError(f"{where}: heldout_share must be in [0, 1), got {r.heldout_share}")
-    if isinstance(r, SftRecipe) and r.train_on_prompt and r.last_turn_only:
-        raise LangadaptError(f"{where}: train_on_prompt and last_turn_only contradict each other; choose one")
-
-
-def add_recipe_args(p: argparse.ArgumentParser, cls: type = Recipe) -> None:
-    """Add `--config` and a `--key` option for every key of `cls` (absent from the Namespace when not given)."""
-    p.add_argument("--config", metavar="RECIPE.yaml", default=None, help="the recipe (YAML mapping)")
-    defaults = cls()
-    for name in field_names(cls):
-        kind, default = _type_of(name, cls), getattr(defaults, name)
-        flag = "--" + name.replace("_", "-")
-        text = f"{HELP[name]} [recipe default: {default}]".replace("%", "%%")
-        if kind is list:
-            p.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, help=text)
-        elif kind is bool:
-            p.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar="true|false", nargs="?",
-                           const="true", help=text)
-        else:
-            p.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=text)
-
-
-def recipe_from_args(args: argparse.Namespace, cls: type = Recipe):
-    """The recipe (`cls`) of a `langadapt pretrain` or `sft` command line."""
-    return load_recipe(args.config, {name: getattr(args, name, None) for name in field_names(cls)}, cls)
