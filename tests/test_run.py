@@ -129,6 +129,49 @@ def test_bad_recipes_are_clear_errors(tiny_recipe, mutate, message):
         run_recipe(tiny_recipe, dry_run=True)
 
 
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.setdefault("model", {}).update(init="meen"), r"tiny.yaml: model: init must be one of .*got 'meen'"),
+    (lambda r: r["tokenizer"].update(compat="chinese-lama"), r"tokenizer: compat must be one of chinese-llama"),
+    (lambda r: r["pretrain"][0].update(learning_rate=-1e-3), r"pretrain\[0\]: learning_rate must be 0 or positive"),
+    (lambda r: r["data"].update(heldout=["/nonexistent/held.txt"]), r"data: heldout: .*/nonexistent/held.txt"),
+    (lambda r: r["sft"].update(templat="chatml"), r"sft: unknown key 'templat'; did you mean 'template'\?"),
+    (lambda r: r["sft"].update(out="elsewhere"), r"sft: 'out' is set by `langadapt run`"),
+    (lambda r: r["eval"].update(context="long"), r"eval: 'context' must be int, got 'long'"),
+])
+def test_dry_run_checks_every_value_before_anything_runs(tiny_recipe, mutate, message, tmp_path):
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    mutate(recipe)
+    tiny_recipe.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(LangadaptError, match=message):
+        run_recipe(tiny_recipe, dry_run=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_reading_options_reach_every_step_that_reads_text(tiny_recipe):
+    recipe = load_run_recipe(tiny_recipe)
+    recipe["data"].update(field="body", clean="kangyur")
+    steps = plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)
+    readers = [s for s in steps if hasattr(s.options, "reading") and s.command != "eval generate"]
+    assert {s.command for s in readers} == {"tokenizer merge", "pretrain", "tokenizer report", "eval bpc"}
+    for step in readers:
+        assert (step.options.reading.lang, step.options.reading.field, step.options.reading.clean) == \
+            ("ko", "body", "kangyur"), step.name
+        assert "--field body" in step.text() and "--clean kangyur" in step.text()
+
+
+def test_the_control_arm_trains_the_base_on_as_many_tokens(tiny_recipe):
+    recipe = load_run_recipe(tiny_recipe)
+    recipe["control"] = {"lora_r": 2}
+    steps = {s.name: s for s in plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)}
+    control = steps["pretrain-control"].options
+    stages = [steps["pretrain-embeddings"].options, steps["pretrain-lora"].options]
+    per_stage = [o.max_steps * o.batch_size * o.grad_accum * o.block_size for o in stages]
+    assert (control.model, control.stage, control.lora_r, control.max_tokens) == (
+        recipe["base"], "lora", 2, sum(per_stage))
+    assert control.max_steps == -1 and steps["merge-sft-control"].options.adapter.endswith("sft-control/adapter")
+    assert {"eval-bpc-control", "eval-generate-control"} <= set(steps)
+
+
 def test_from_step_redoes_that_step(tiny_recipe):
     recipe = load_run_recipe(tiny_recipe)
     names = [s.name for s in plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)]

@@ -7,6 +7,7 @@ needs Java. Its data files are located through the import system's metadata only
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
@@ -62,8 +63,6 @@ def embedded_set_paths(name: str) -> list[Path]:
 def constitution_articles(text: str) -> list[tuple[str, str]]:
     """(article number "제N조", article text) for each article of the constitution's main text, in
     order (the supplementary provisions after "부칙" number their articles again, so they stop it)."""
-    import re
-
     text = text.split("부칙", 1)[0].replace("펼침", "")  # "펼침 부칙 <...>": a web page's fold marker
     pieces = re.split(r"^\s*(제\d+조)\s", text, flags=re.M)
     articles = []
@@ -77,8 +76,6 @@ def constitution_articles(text: str) -> list[tuple[str, str]]:
 
 def bill_title_and_rationale(text: str) -> tuple[str, str] | None:
     """(title, "제안이유 및 주요내용" section) of a bill file, or None when either is missing."""
-    import re
-
     lines = [line.strip() for line in text.splitlines()]
     title = next((line for line in lines if line), "")
     m = re.search(r"제안이유\s*및\s*주요내용\s*\n(.*?)\n\s*-\s*\d+\s*-", text, flags=re.S)

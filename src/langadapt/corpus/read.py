@@ -42,7 +42,10 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
+from tqdm import tqdm
+
 from langadapt.corpus.clean import get_cleaner
+from langadapt.corpus.embedded import embedded_set_paths
 from langadapt.errors import LangadaptError
 from langadapt.lang import LanguageProfile, get_profile
 from langadapt.options import OptionError, Options, option
@@ -114,7 +117,6 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     for item in paths:
         p = Path(item)
         if str(item).startswith("embedded:"):
-            from langadapt.corpus.embedded import embedded_set_paths
 
             out.extend(embedded_set_paths(str(item).split(":", 1)[1]))
         elif p.is_file():
@@ -386,7 +388,6 @@ def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = 
     files = expand_paths(paths)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True,
                    desc="reading", disable=None, leave=False)
     records = 0

@@ -19,10 +19,9 @@ from langadapt.errors import LangadaptError
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import write_json_atomic
-from langadapt.serve.chat import stop_token_ids
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
-from langadapt.tokenizer.templates import render, resolve_template
+from langadapt.tokenizer.templates import render, resolve_template, stop_token_ids
 from langadapt.train.instructions import read_conversations
 
 

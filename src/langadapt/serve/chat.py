@@ -23,8 +23,8 @@ from pathlib import Path
 from langadapt.errors import LangadaptError
 from langadapt.model.load import MODEL_HELP
 from langadapt.options import Options, OptionError, option
+from langadapt.tokenizer.templates import stop_token_ids
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 COMMANDS = "/reset (forget the history), /system TEXT (set the system prompt and reset), /exit or /quit"
 
 
@@ -58,14 +58,6 @@ def generation_kwargs(opts: "ChatOptions") -> dict:
         return {**kwargs, "do_sample": False}
     return {**kwargs, "do_sample": True, "temperature": opts.temperature, "top_p": opts.top_p,
             "top_k": opts.top_k, "repetition_penalty": opts.repetition_penalty}
-
-
-def stop_token_ids(tokenizer, template: str) -> list[int]:
-    """EOS plus the template's end-of-turn marker when it is a single token of the vocabulary."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[m] for m in END_OF_TURN if m in template and m in vocab]
-    return list(dict.fromkeys(ids))
 
 
 class ChatSession:

@@ -14,8 +14,18 @@ sentencepiece and llama.cpp.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from gguf import GGUFReader
+from google.protobuf.message import DecodeError
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Tokenizer, normalizers
+from tokenizers.models import BPE
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import LlamaConverter, SpmConverter
+from transformers.tokenization_utils_base import generate_merges
 
 from langadapt.errors import LangadaptError
 from langadapt.sources import ALIASES, alias_gguf_path, check_gguf, gguf_cache_dir, hub_error, is_gguf, \
@@ -26,7 +36,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 def load_tokenizer(spec: str | os.PathLike):
     """Load a fast tokenizer from an HF dir, a SentencePiece `.model`, a `.gguf`, an alias or a hub id."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # imports torch: only when a tokenizer is loaded, not for --help
 
     text = str(spec)
     if text in ALIASES:
@@ -68,8 +78,6 @@ def tokenizer_kind(tok) -> str:
     Unigram model, or a BPE that marks spaces with "▁" (Metaspace, or a Prepend/Replace
     normalizer) or falls back to bytes, means SentencePiece (Llama 2, Mistral, Gemma).
     """
-    import json
-
     backend = getattr(tok, "backend_tokenizer", tok)
     state = json.loads(backend.to_str())
     pipeline = json.dumps([state.get("normalizer"), state.get("pre_tokenizer"), state.get("decoder")],
@@ -98,8 +106,6 @@ def sentencepiece_model_path(spec: str | os.PathLike) -> Path | None:
 
 def _dir_chat_template(folder: Path) -> str | None:
     """The chat template of a tokenizer folder: chat_template.jinja or tokenizer_config.json's field."""
-    import json
-
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     config = folder / "tokenizer_config.json"
@@ -114,9 +120,6 @@ def _dir_chat_template(folder: Path) -> str | None:
 
 def _read_sentencepiece_proto(path: Path):
     """Parse a SentencePiece model file; None if it is not one."""
-    from google.protobuf.message import DecodeError
-    from sentencepiece import sentencepiece_model_pb2
-
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
@@ -138,12 +141,6 @@ def _load_sentencepiece(path: Path):
     such as Llama 2's, SpmConverter for the rest, e.g. Unigram); BOS is added on encode when
     the model defines one, as sentencepiece-based Llama tokenizers do.
     """
-    from tokenizers import AddedToken, Tokenizer
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import LlamaConverter, SpmConverter
-    from transformers.tokenization_utils_base import generate_merges
-
     proto = _read_sentencepiece_proto(path)
     if proto is None:
         raise LangadaptError(f"{path}: not a SentencePiece model file")
@@ -203,8 +200,7 @@ def _load_gguf_tokenizer(path: Path):
     transformers' GGUF tokenizer converter. For llama (SentencePiece) vocabularies the
     pre-tokenisation is set to sentencepiece's, as llama.cpp tokenises.
     """
-    from tokenizers import normalizers
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # imports torch: only when a tokenizer is loaded
 
     check_gguf(path)
     cached = gguf_cache_dir(path)
@@ -225,8 +221,6 @@ def _load_gguf_tokenizer(path: Path):
 
 def _gguf_add_space_prefix(path: Path) -> bool:
     """GGUF `tokenizer.ggml.add_space_prefix` (llama.cpp's default for llama vocabularies is true)."""
-    from gguf import GGUFReader
-
     field = GGUFReader(str(path)).fields.get("tokenizer.ggml.add_space_prefix")
     if field is None:
         return True

@@ -177,8 +177,6 @@ def merge_sentencepiece_base(opts: TokenizerMergeOptions, base_tok, tmp: Path) -
 
 def merge_byte_level_base(opts: TokenizerMergeOptions, base_tok, tmp: Path) -> dict:
     """The byte-level BPE path (delegates to `merge_bpe.extend_byte_level_bpe`)."""
-    from langadapt.outputs import write_json_atomic
-
     if opts.add or opts.compat:
         raise LangadaptError(f"--base {opts.base} is a byte-level BPE tokenizer: --add/--compat work only with "
                              "SentencePiece bases; use --corpus PATH... --vocab-size N (new tokens) instead")

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from google.protobuf.message import DecodeError
+from sentencepiece import sentencepiece_model_pb2
+
 from langadapt.errors import LangadaptError
 
 # sentencepiece_model.proto: ModelProto.SentencePiece.Type
@@ -36,15 +39,11 @@ EXAMPLES = 20  # examples kept per report list
 
 def model_proto():
     """A new, empty `ModelProto` (sentencepiece's protobuf class)."""
-    from sentencepiece import sentencepiece_model_pb2
-
     return sentencepiece_model_pb2.ModelProto()
 
 
 def read_model(path) -> "object":
     """Parse a SentencePiece `.model` file into a `ModelProto`; LangadaptError if it is not one."""
-    from google.protobuf.message import DecodeError
-
     proto = model_proto()
     try:
         with open(path, "rb") as f:

@@ -63,6 +63,7 @@ _CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")  # end-of-turn tokens of common templates
 BUILTIN_TEMPLATES = {"alpaca": _ALPACA, "llama2-chat": _LLAMA2_CHAT, "firefly": _FIREFLY, "chatml": _CHATML}
 TEMPLATE_HELP = {
     "alpaca": "Stanford Alpaca: preamble, ### Instruction: / ### Response:, answer + EOS",
@@ -126,3 +127,11 @@ def answer_spans(tokenizer, template: str, messages: list[dict]) -> tuple[str, l
                                  "assistant messages (e.g. chatml)")
         spans.append((len(prompt), len(upto)))
     return text, spans
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """EOS plus the template's end-of-turn marker when it is a single token of the vocabulary."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[m] for m in END_OF_TURN if m in template and m in vocab]
+    return list(dict.fromkeys(ids))

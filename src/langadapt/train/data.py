@@ -23,13 +23,16 @@ very end of the corpus) is left out; `BlockDataset.tail_tokens` says how many.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import json
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from langadapt.corpus import ReadingOptions, expand_paths
@@ -177,9 +180,6 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
                 for path, dest in todo:
                     _tokenize_file(tokenizer, corpus, path, dest, bar)
             else:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor, as_completed
-
                 # Small groups keep the bar moving and the work balanced; each group pickles
                 # the tokenizer once. Workers do not use the tokenizer's own threads.
                 size = max(1, min(16, len(todo) // (workers * 4)))
@@ -224,8 +224,6 @@ class BlockDataset:
         return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
 
     def __getitem__(self, i: int) -> dict:
-        import torch
-
         if not 0 <= i < self.n_blocks:
             raise IndexError(i)
         ids = torch.from_numpy(self.tokens(i * self.block_size, (i + 1) * self.block_size).astype(np.int64))

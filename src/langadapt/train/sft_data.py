@@ -21,6 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+from tqdm.auto import tqdm
+
 from langadapt.tokenizer.templates import answer_spans
 
 IGNORE = -100
@@ -99,8 +102,6 @@ def encode_conversation(tokenizer, template: str, messages: list[dict], max_len:
 def encode_conversations(tokenizer, template: str, conversations: list[list[dict]], max_len: int,
                          progress: bool = False, **options) -> tuple[list[dict], EncodeStats]:
     """Encode many conversations (see `encode_conversation`); the dropped ones are counted, not kept."""
-    from tqdm.auto import tqdm
-
     stats = EncodeStats(conversations=len(conversations))
     examples = []
     for messages in tqdm(conversations, desc="encoding", unit="example", disable=not progress):
@@ -136,8 +137,6 @@ def pack(examples: list[dict], max_len: int) -> list[dict]:
 def collate(batch: list[dict], pad_id: int) -> dict:
     """Pad a batch on the right. Unpacked rows get an attention mask; packed rows (with
     `position_ids`) get none, the padding becoming one more sequence whose labels are ignored."""
-    import torch
-
     width = max(len(row["input_ids"]) for row in batch)
     packed = "position_ids" in batch[0]
     out = {"input_ids": [], "labels": [], "position_ids" if packed else "attention_mask": []}
