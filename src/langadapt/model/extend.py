@@ -20,7 +20,6 @@ all base rows, whatever `init` is.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
@@ -239,11 +238,8 @@ def run_extend(args) -> int:
     with atomic_output_dir(args.out, overwrite=getattr(args, "overwrite", False)) as tmp:
         model.save_pretrained(tmp)
         new_tokenizer.save_pretrained(tmp)
-        tok_dir = Path(args.tokenizer)
-        if (tok_dir / "adaptation.json").is_file():  # keep the tokenizer's own history in the chain
-            shutil.copyfile(tok_dir / "adaptation.json", tmp / "adaptation.json")
-        record = write_adaptation_json(
-            tmp, "model-extend", base=str(args.base), base_source=str(base_source),
+        record = write_adaptation_json(  # the tokenizer's own history continues in the chain
+            tmp, "model-extend", inherit_from=args.tokenizer, base=str(args.base), base_source=str(base_source),
             tokenizer=str(args.tokenizer), tokenizer_sha256=tokenizer_hash(args.tokenizer),
             parameters_before=params_before, parameters_after=params_after,
             seconds=round(time.perf_counter() - start, 1), **report)

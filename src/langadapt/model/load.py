@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from langadapt.errors import LangadaptError
+from langadapt.outputs import read_adaptation_json
 from langadapt.sources import hub_error, resolve_model_source
 
 KIND_NAMES = {"byte-level-bpe": "byte-level BPE", "sentencepiece": "SentencePiece", "other": "other"}
@@ -102,9 +103,8 @@ def model_info(spec: str | os.PathLike) -> dict:
     tok = load_tokenizer(source)
 
     info: dict[str, Any] = {"spec": str(spec), "loaded_from": str(source)}
-    adaptation = Path(str(source)) / "adaptation.json"
-    if adaptation.is_file():
-        record = json.loads(adaptation.read_text(encoding="utf-8"))
+    record = read_adaptation_json(source)
+    if record:
         info["converted_from"] = record.get("source")
     if isinstance(source, Path):
         shapes = safetensors_shapes(source)

@@ -146,8 +146,9 @@ def run_prune(args) -> int:
         model.save_pretrained(tmp)
         pruned_tokenizer.save_pretrained(tmp)
         (tmp / ID_MAP_FILE).write_bytes((Path(args.tokenizer) / ID_MAP_FILE).read_bytes())
-        write_adaptation_json(tmp, "model-prune", base=str(args.base), base_source=str(base_source),
-                              tokenizer=str(args.tokenizer), tokenizer_sha256=tokenizer_hash(args.tokenizer),
+        write_adaptation_json(tmp, "model-prune", inherit_from=args.tokenizer, base=str(args.base),
+                              base_source=str(base_source), tokenizer=str(args.tokenizer),
+                              tokenizer_sha256=tokenizer_hash(args.tokenizer),
                               seconds=round(time.perf_counter() - start, 1), **report)
     before, after = report["parameters_before"], report["parameters_after"]
     print(json.dumps({"out": str(args.out), "old_vocab_size": report["old_vocab_size"],

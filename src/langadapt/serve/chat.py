@@ -158,14 +158,10 @@ def load_chat(args) -> tuple:
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.tokenizer.templates import resolve_template
+    from langadapt.train.adapter import merge_adapter, read_adapter
 
-    record = None
-    spec = args.model
-    if args.adapter:
-        from langadapt.train.merge import read_adapter
-
-        record = read_adapter(args.adapter)
-        spec = spec or record.get("base_source")
+    record = read_adapter(args.adapter) if args.adapter else None
+    spec = args.model or (record or {}).get("base_source")
     if not spec:
         raise LangadaptError("chat needs --model (or --adapter whose adaptation.json names its base model)")
     adapter_has_tokenizer = args.adapter and any(
@@ -174,9 +170,7 @@ def load_chat(args) -> tuple:
     template = resolve_template(tokenizer, args.template)
     model = load_model(spec, dtype="float32" if record else None)
     if record:
-        from langadapt.train.merge import merge_adapter
-
-        model = merge_adapter(model, args.adapter, record)
+        model = merge_adapter(model, args.adapter)
     import torch
 
     if torch.cuda.is_available():

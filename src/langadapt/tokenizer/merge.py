@@ -184,7 +184,7 @@ def run(args) -> int:
             info = merge_sentencepiece_base(args, base_tok, profile, tmp)
         else:
             info = merge_byte_level_base(args, base_tok, profile, tmp)
-        write_adaptation_json(tmp, "tokenizer-merge", lang=profile.code, **info)
+        write_adaptation_json(tmp, "tokenizer-merge", inherit_from=args.base, lang=profile.code, **info)
     before, after = info["vocab_size_before"], info["vocab_size_after"]
     print(f"wrote {args.out}: vocabulary {before} -> {after} ({after - before} added); see merge_report.json")
     return 0

@@ -329,7 +329,7 @@ def run_prune(args) -> int:
         check_saved(tmp, pruned_backend, samples[:50])
         write_json_atomic(tmp / "id_map.json", id_map)
         write_json_atomic(tmp / "prune_report.json", report)
-        write_adaptation_json(tmp, "tokenizer.prune", base=str(args.base), tokenizer_kind=kind,
+        write_adaptation_json(tmp, "tokenizer.prune", inherit_from=args.base, base=str(args.base), tokenizer_kind=kind,
                               corpus=[str(p) for p in paths], lang=profile.code, min_count=args.min_count,
                               old_vocab_size=result.old_vocab_size, new_vocab_size=len(result.new_to_old),
                               id_map="id_map.json")

@@ -14,19 +14,20 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import Trainer
 
 from langadapt.errors import LangadaptError
-from langadapt.train.adapter import base_fingerprint, embedding_pair
-from langadapt.train.engine import (COMPLETE_MARK, RowsTrainer, added_row_ids, check_sharding, finish_run,
-                                    latest_checkpoint, load_model_for_training, open_run_dir, prepare_model,
-                                    run_callbacks, run_facts, train_or_explain, training_arguments)
+from langadapt.train.adapter import base_facts
+from langadapt.train.engine import (COMPLETE_MARK, added_row_ids, check_sharding, finish_run, latest_checkpoint,
+                                    load_model_for_training, open_run_dir, prepare_model, run_callbacks, run_facts,
+                                    train_or_explain, training_arguments)
 from langadapt.train.recipe import Recipe, recipe_from_args
 
 __all__ = ["COMPLETE_MARK", "PretrainTrainer", "latest_checkpoint", "prepare_model", "pretrain", "training_arguments"]
 
 
-class PretrainTrainer(RowsTrainer):
-    """`RowsTrainer` whose evaluation is the held-out text in bits per char."""
+class PretrainTrainer(Trainer):
+    """A Trainer whose evaluation is the held-out text in bits per char."""
 
     def __init__(self, *args, heldout_text: str, block_size: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,8 +106,8 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
         window_spans(2, recipe.block_size, max(1, recipe.block_size // 2))
 
     model = load_model_for_training(source, tokenizer)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    fingerprint = base_fingerprint(model)
+    base = base_facts(model)
+    vocab_rows = base["vocab_rows"]
     new_rows = added_row_ids(source, vocab_rows) if recipe.new_rows_only else None
     if new_rows is not None and not new_rows:
         raise LangadaptError(f"new_rows_only: {source} has no added rows to train")
@@ -120,9 +121,7 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
     trainer = PretrainTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=[heldout_text] if heldout_text else None,
         processing_class=tokenizer,
-        callbacks=run_callbacks(recipe, resume_from, state),
-        peft=recipe.stage == "lora", new_rows_only=new_rows is not None, heldout_text=heldout_text,
-        block_size=recipe.block_size)
+        callbacks=run_callbacks(recipe, resume_from, state), heldout_text=heldout_text, block_size=recipe.block_size)
     result = train_or_explain(trainer, resume_from, out)
     final = {}
     if heldout_text:  # held-out bpc of the final weights (reuse the last eval if it was at the end)
@@ -134,13 +133,12 @@ def pretrain(recipe: Recipe) -> tuple[dict, torch.nn.Module]:
 
     summary = {
         "stage": recipe.stage, "base": recipe.model, **run_facts(trainer, result, recipe, source),
-        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
-        "new_rows_only": new_rows is not None, "trained_rows": [new_rows[0], vocab_rows] if new_rows else None,
+        **base, "new_rows_only": new_rows is not None, "trained_rows": [new_rows[0], vocab_rows] if new_rows else None,
         "trainable_parameters": trainable, "heldout_bpc": final.get("eval_bpc"), "data": data.facts(),
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
     }
-    finish_run(model, tokenizer, recipe, source, new_rows, summary, f"pretrain-{recipe.stage}", state)
+    finish_run(model, tokenizer, recipe, source, summary, f"pretrain-{recipe.stage}", state)
     return summary, model
 
 

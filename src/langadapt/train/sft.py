@@ -37,33 +37,6 @@ def split_heldout(conversations: list, share: float, seed: int) -> tuple[list, l
             [c for i, c in enumerate(conversations) if i in held])
 
 
-def continue_adapter(model, adapter_dir: Path, record: dict, recipe: SftRecipe):
-    """`model` (the adapter's base) with the adapter's LoRA (trainable) and trained rows loaded."""
-    from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows
-    from langadapt.train.merge import PEFT_CONFIG
-
-    if base_fingerprint(model) != record["base_fingerprint"]:
-        raise LangadaptError(f"{adapter_dir} was trained on another base model ({record.get('base_source')}); "
-                             "pass the model it was trained on as `model`")
-    rows = load_rows(adapter_dir / ROWS_FILE)
-    apply_rows(model, rows, str(adapter_dir / ROWS_FILE))
-    if (adapter_dir / PEFT_CONFIG).is_file():
-        if recipe.stage != "lora":
-            raise LangadaptError(f"{adapter_dir} holds a LoRA adapter; continue it with stage lora, not {recipe.stage}")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    for w in embedding_pair(model):
-        if w is not None:
-            w.requires_grad_(True)
-    if recipe.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
-
-
 def _load_conversations(recipe: SftRecipe):
     from langadapt.train.instructions import read_conversations
 
@@ -83,11 +56,12 @@ def sft(recipe: SftRecipe) -> tuple[dict, object]:
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.tokenizer.templates import resolve_template
-    from langadapt.train.adapter import base_fingerprint, embedding_pair
-    from langadapt.train.engine import (RowsTrainer, check_sharding, finish_run, load_model_for_training,
-                                        open_run_dir, prepare_model, run_callbacks, run_facts, train_or_explain,
+    from transformers import Trainer
+
+    from langadapt.train.adapter import base_facts, read_adapter
+    from langadapt.train.engine import (check_sharding, finish_run, load_model_for_training, open_run_dir,
+                                        prepare_model, run_callbacks, run_facts, train_or_explain,
                                         training_arguments)
-    from langadapt.train.merge import read_adapter
     from langadapt.train.sft_data import collate, encode_conversations, pack
 
     record = read_adapter(recipe.adapter) if recipe.adapter else None
@@ -121,19 +95,17 @@ def sft(recipe: SftRecipe) -> tuple[dict, object]:
     if max_pos is not None and recipe.max_seq_len > max_pos:
         raise LangadaptError(f"max_seq_len {recipe.max_seq_len} is beyond the model's context of {max_pos} positions")
     model.config.use_cache = False  # a cache would hide the packed-sequence boundaries from the attention mask
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    fingerprint = base_fingerprint(model)
+    base = base_facts(model)
     set_seed(recipe.seed)
-    model = (continue_adapter(model, Path(recipe.adapter), record, recipe) if recipe.adapter
-             else prepare_model(model, recipe, None))
+    model = prepare_model(model, recipe, None, adapter_dir=recipe.adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = RowsTrainer(
+    trainer = Trainer(
         model=model, args=training_arguments(recipe, out / "checkpoints", bool(held_examples)),
         train_dataset=rows, eval_dataset=held_examples or None, processing_class=tokenizer,
         data_collator=functools.partial(collate, pad_id=pad_id),
-        callbacks=run_callbacks(recipe, resume_from, state), peft=recipe.stage == "lora")
+        callbacks=run_callbacks(recipe, resume_from, state))
     before = trainer.evaluate() if held_examples and not resume_from else {}
     result = train_or_explain(trainer, resume_from, out)
     after = trainer.evaluate() if held_examples else {}
@@ -141,15 +113,14 @@ def sft(recipe: SftRecipe) -> tuple[dict, object]:
     summary = {
         "stage": recipe.stage, "base": model_spec, "continued_adapter": recipe.adapter,
         **run_facts(trainer, result, recipe, source),
-        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
-        "template": recipe.template, "read": read_stats, "train_examples": train_stats.facts(),
+        **base, "template": recipe.template, "read": read_stats, "train_examples": train_stats.facts(),
         "heldout_examples": held_stats.facts(), "packed_rows": len(rows) if recipe.pack else None,
         "trainable_parameters": trainable,
         "heldout_answer_loss_before": before.get("eval_loss"), "heldout_answer_loss": after.get("eval_loss"),
         "resumed_from": str(resume_from) if resume_from else None,
         "seconds": round(time.time() - start, 1), "recipe": dataclasses.asdict(recipe),
     }
-    finish_run(model, tokenizer, recipe, source, None, summary, f"sft-{recipe.stage}", state)
+    finish_run(model, tokenizer, recipe, recipe.adapter or source, summary, f"sft-{recipe.stage}", state)
     return summary, model
 
 
