@@ -42,25 +42,20 @@ def lora_run(extended_tiny_dir, train_corpus, heldout_file, tmp_path_factory):
 def test_lora_adapter_holds_every_trained_tensor(lora_run):
     out, summary, model = lora_run
     adapter = out / "adapter"
-    lora = load_file(str(adapter / "adapter_model.safetensors"))
-    rows = load_file(str(adapter / "trained_rows.safetensors"))
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    # 2 layers x 7 targets x (A, B) LoRA matrices, plus the untied embedding and LM head.
-    assert len(trained) == 2 * 7 * 2 + 2 and len(lora) == 2 * 7 * 2
+    # 2 layers x 7 targets x (A, B) LoRA matrices, plus the untied embedding and LM head (modules_to_save).
+    assert len(trained) == 2 * 7 * 2 + 2 and len(saved) == 2 * 7 * 2 + 2
     for name, p in trained.items():
-        if "lora_" in name:
-            saved = lora[name.replace(".default", "")]
-        elif name.endswith("embed_tokens.weight"):
-            saved = rows["input_embeddings"]
-        else:
-            assert name.endswith("lm_head.weight"), name
-            saved = rows["output_embeddings"]
-        assert saved.numel() > 0 and torch.equal(saved, p.detach().float()), name
-    assert rows["row_ids"].tolist() == list(range(516))
+        key = name.replace(".modules_to_save.default", "").replace(".default", "")
+        assert saved[key].numel() > 0 and torch.equal(saved[key], p.detach().float()), name
+    assert saved["base_model.model.model.embed_tokens.weight"].shape[0] == 516
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["model.embed_tokens", "lm_head"]
     assert summary["trainable_parameters"] == sum(p.numel() for p in trained.values())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 4 * 32
     # LoRA B starts at zero: after training it must not be (no empty adapter).
-    assert all(t.abs().sum() > 0 for k, t in lora.items() if "lora_B" in k)
+    assert all(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)
     record = json.loads((adapter / "adaptation.json").read_text())
     assert record["step"] == "pretrain-lora" and record["vocab_rows"] == 516
     assert record["history"][-1]["step"] == "model-extend"
@@ -80,7 +75,7 @@ def test_logs_metrics_heldout_bpc_and_curves(lora_run):
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
-    assert (out / "checkpoints" / "checkpoint-4" / "trained_rows.safetensors").is_file()
+    assert (out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors").is_file()
 
 
 def test_merge_gives_the_adapter_models_logits(lora_run, extended_tiny_dir, tmp_path):
@@ -135,34 +130,36 @@ def test_embeddings_stage_new_rows_only_moves_only_the_new_rows(extended_tiny_di
                                                                  tiny_llama_dir):
     summary, model = pretrain(_recipe(extended_tiny_dir, train_corpus, tmp_path / "run", stage="embeddings",
                                       new_rows_only=True, weight_decay=0.1, learning_rate=0.5, eval_steps=0))
-    before = _base_weights(extended_tiny_dir)
-    after = {n: p.detach() for n, p in model.named_parameters()}
-    for name, w in before.items():
-        if name in ("model.embed_tokens.weight", "lm_head.weight"):
-            assert torch.equal(after[name][:512], w[:512]), name  # base rows: no gradient, no weight decay
-            assert not torch.allclose(after[name][512:], w[512:]), name
-        else:
-            assert torch.equal(after[name], w), name  # transformer frozen
-    rows = load_file(str(tmp_path / "run" / "adapter" / "trained_rows.safetensors"))
-    assert rows["row_ids"].tolist() == [512, 513, 514, 515]
-    assert torch.equal(rows["input_embeddings"], after["model.embed_tokens.weight"][512:])
-    assert summary["trained_rows"] == [512, 516] and not (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     # Merge onto the un-extended base: resized first, then the 4 trained rows written.
     assert main(["merge", "--adapter", str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "m"),
                  "--base", str(tiny_llama_dir)]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     with torch.no_grad():
         assert torch.allclose(merged(_ids()).logits, model(_ids()).logits, atol=1e-5)
+    before = _base_weights(extended_tiny_dir)
+    after = {n: p.detach() for n, p in merged.named_parameters()}
+    for name, w in before.items():
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(after[name][:512], w[:512]), name  # base rows: not parameters, no weight decay
+            assert not torch.allclose(after[name][512:], w[512:]), name
+        else:
+            assert torch.equal(after[name], w), name  # transformer frozen
+    saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert torch.equal(saved["base_model.model.model.embed_tokens.trainable_tokens_delta"],
+                       after["model.embed_tokens.weight"][512:])
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "TRAINABLE_TOKENS" and config["token_indices"] == [512, 513, 514, 515]
+    assert summary["trained_rows"] == [512, 516]
 
 
 def test_tied_lora_trains_one_matrix_and_merges(extended_tiny_tied_dir, train_corpus, tmp_path):
     summary, model = pretrain(_recipe(extended_tiny_tied_dir, train_corpus, tmp_path / "run", eval_steps=0,
                                       max_steps=2))
-    rows = load_file(str(tmp_path / "run" / "adapter" / "trained_rows.safetensors"))
-    assert set(rows) == {"row_ids", "input_embeddings"} and summary["tied_embeddings"] is True
-    emb = model.get_base_model().get_input_embeddings().weight
-    assert model.get_base_model().get_output_embeddings().weight.data_ptr() == emb.data_ptr()
-    assert torch.equal(rows["input_embeddings"], emb.detach())
+    saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert summary["tied_embeddings"] is True
+    emb = model.get_base_model().get_input_embeddings().modules_to_save["default"].weight
+    assert model.get_base_model().get_output_embeddings().weight.data_ptr() == emb.data_ptr()  # one matrix trains
+    assert torch.equal(saved["base_model.model.model.embed_tokens.weight"], emb.detach())
     assert main(["merge", "--adapter", str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "m")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     model.eval()
@@ -240,14 +237,19 @@ def test_smollm2_lora_step_adapter_and_merge(train_corpus, tmp_path):
                                       max_steps=1, eval_steps=0, save_steps=10, lora_r=8, lora_alpha=16,
                                       learning_rate=1e-3))
     assert summary["tied_embeddings"] is True and summary["vocab_rows"] == 49152
-    rows = load_file(str(tmp_path / "run" / "adapter" / "trained_rows.safetensors"))
-    assert rows["input_embeddings"].shape == (49152, 576) and "output_embeddings" not in rows
+    saved = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert saved["base_model.model.model.embed_tokens.weight"].shape == (49152, 576)
     assert main(["merge", "--adapter", str(tmp_path / "run" / "adapter"), "--out", str(tmp_path / "m")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     model.eval()
     ids = torch.tensor([[1, 504, 3458, 314, 260, 3616, 282, 4649, 30]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4)
+        from peft import PeftModel  # a user of the ecosystem: plain peft on the base gives the same logits
+
+        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(summary["base_source"]),
+                                          str(tmp_path / "run" / "adapter")).eval()
+        assert (plain(ids).logits - merged(ids).logits).abs().max() < 1e-4
 
 
 def test_wall_clock_stop_counts_training_time_only(monkeypatch):
@@ -273,6 +275,6 @@ def test_max_minutes_stops_a_run_early(extended_tiny_dir, train_corpus, tmp_path
     summary, _ = pretrain(_recipe(extended_tiny_dir, train_corpus, tmp_path / "run", max_steps=6,
                                   max_minutes=1e-9, eval_steps=0))
     assert summary["steps"] == 1 and summary["stopped_by_max_minutes"] is True
-    assert (tmp_path / "run" / "adapter" / "trained_rows.safetensors").is_file()
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     with pytest.raises(LangadaptError, match="max_minutes must be 0"):
         _recipe(extended_tiny_dir, train_corpus, tmp_path / "r2", max_minutes=-1)

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from langadapt.cli import main
-from train_fixtures import train_corpus  # noqa: F401 (fixture)
+from train_fixtures import extended_tiny_dir, extended_tiny_tied_dir, train_corpus  # noqa: F401 (fixtures)
 
 # Runs `langadapt pretrain` with a callback that SIGKILLs the process at the end of step KILL_AT.
 KILLER = textwrap.dedent("""
@@ -40,10 +40,16 @@ def _losses(run) -> dict[int, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["lora"])
-def test_resume_after_kill_matches_uninterrupted(stage, tiny_llama_dir, train_corpus, tmp_path):
-    common = ["--model", str(tiny_llama_dir), "--corpus", str(train_corpus), "--block-size", "32",
-              "--stage", stage, "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1",
+@pytest.mark.parametrize("model, stage, new_rows_only", [
+    ("tiny_llama_dir", "lora", "false"),                 # LoRA + modules_to_save
+    ("extended_tiny_dir", "lora", "true"),               # LoRA + trainable tokens (untied)
+    ("extended_tiny_tied_dir", "embeddings", "true"),    # trainable tokens (tied)
+])
+def test_resume_after_kill_matches_uninterrupted(model, stage, new_rows_only, train_corpus, tmp_path, request):
+    """The peft checkpoints Trainer writes restore every trained tensor (no custom row saving)."""
+    common = ["--model", str(request.getfixturevalue(model)), "--corpus", str(train_corpus), "--block-size", "32",
+              "--stage", stage, "--new-rows-only", new_rows_only, "--weight-decay", "0.1",
+              "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1",
               "--max-steps", "8", "--batch-size", "2", "--grad-accum", "2", "--save-steps", "4",
               "--logging-steps", "1", "--eval-steps", "0", "--gradient-checkpointing", "false",
               "--cache-dir", str(tmp_path / "cache"), "--progress", "false", "--learning-rate", "1e-2"]

@@ -82,18 +82,23 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def write_adaptation_json(out_dir: str | os.PathLike, step: str, **info: Any) -> dict:
+def read_adaptation_json(directory: str | os.PathLike) -> dict:
+    """The `adaptation.json` record of a directory ({} when it has none)."""
+    path = Path(str(directory)) / ADAPTATION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def write_adaptation_json(out_dir: str | os.PathLike, step: str, inherit_from: str | os.PathLike | None = None,
+                          **info: Any) -> dict:
     """Write `adaptation.json` into `out_dir`: which langadapt step made it, from what, and how.
 
     `info` holds the step's own facts (base, tokenizer hash, sizes, hyperparameters...).
-    An `adaptation.json` already in `out_dir` (e.g. copied from an input) is kept under
-    `history`, so a chain of steps stays readable.
+    `inherit_from` names the input whose record this output continues (e.g. the model a run
+    trained): its record, and its own history before it, go under `history`, so a chain of
+    steps stays readable. An input without a record (or that is not a directory) adds nothing.
     """
-    path = Path(out_dir) / ADAPTATION_FILE
-    history: list = []
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        history = previous.pop("history", []) + [previous]
+    previous = read_adaptation_json(inherit_from) if inherit_from is not None else {}
+    history = (previous.pop("history", []) + [previous]) if previous else []
     record = {
         "step": step,
         "langadapt_version": __version__,
@@ -103,5 +108,5 @@ def write_adaptation_json(out_dir: str | os.PathLike, step: str, **info: Any) ->
     }
     if history:
         record["history"] = history
-    write_json_atomic(path, record)
+    write_json_atomic(Path(out_dir) / ADAPTATION_FILE, record)
     return record

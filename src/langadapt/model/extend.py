@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,11 +261,8 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     with opts.output.directory() as tmp:
         model.save_pretrained(tmp)
         new_tokenizer.save_pretrained(tmp)
-        tok_dir = Path(opts.tokenizer)
-        if (tok_dir / "adaptation.json").is_file():  # keep the tokenizer's own history in the chain
-            shutil.copyfile(tok_dir / "adaptation.json", tmp / "adaptation.json")
-        record = write_adaptation_json(
-            tmp, "model-extend", base=str(opts.base), base_source=str(base_source),
+        record = write_adaptation_json(  # the tokenizer's own history continues in the chain
+            tmp, "model-extend", inherit_from=opts.tokenizer, base=str(opts.base), base_source=str(base_source),
             tokenizer=str(opts.tokenizer), tokenizer_sha256=tokenizer_hash(opts.tokenizer),
             parameters_before=params_before, parameters_after=params_after,
             seconds=round(time.perf_counter() - start, 1), **report)

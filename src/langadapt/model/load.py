@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from langadapt.errors import LangadaptError
 from langadapt.options import Options, option
+from langadapt.outputs import read_adaptation_json
 from langadapt.sources import hub_error, resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 
@@ -99,9 +100,8 @@ def model_info(spec: str | os.PathLike) -> dict:
     tok = load_tokenizer(source)
 
     info: dict[str, Any] = {"spec": str(spec), "loaded_from": str(source)}
-    adaptation = Path(str(source)) / "adaptation.json"
-    if adaptation.is_file():
-        record = json.loads(adaptation.read_text(encoding="utf-8"))
+    record = read_adaptation_json(source)
+    if record:
         info["converted_from"] = record.get("source")
     if isinstance(source, Path):
         shapes = safetensors_shapes(source)

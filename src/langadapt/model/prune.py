@@ -159,8 +159,9 @@ def model_prune_command(opts: ModelPruneOptions) -> int:
         model.save_pretrained(tmp)
         pruned_tokenizer.save_pretrained(tmp)
         (tmp / ID_MAP_FILE).write_bytes((Path(opts.tokenizer) / ID_MAP_FILE).read_bytes())
-        write_adaptation_json(tmp, "model-prune", base=str(opts.base), base_source=str(base_source),
-                              tokenizer=str(opts.tokenizer), tokenizer_sha256=tokenizer_hash(opts.tokenizer),
+        write_adaptation_json(tmp, "model-prune", inherit_from=opts.tokenizer, base=str(opts.base),
+                              base_source=str(base_source), tokenizer=str(opts.tokenizer),
+                              tokenizer_sha256=tokenizer_hash(opts.tokenizer),
                               seconds=round(time.perf_counter() - start, 1), **report)
     before, after = report["parameters_before"], report["parameters_after"]
     print(json.dumps({"out": str(opts.output.out), "old_vocab_size": report["old_vocab_size"],

@@ -153,14 +153,10 @@ def load_chat(opts: "ChatOptions") -> tuple:
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.tokenizer.templates import resolve_template
+    from langadapt.train.adapter import merge_adapter, read_adapter
 
-    record = None
-    spec = opts.model
-    if opts.adapter:
-        from langadapt.train.merge import read_adapter
-
-        record = read_adapter(opts.adapter)
-        spec = spec or record.get("base_source")
+    record = read_adapter(opts.adapter) if opts.adapter else None
+    spec = opts.model or (record or {}).get("base_source")
     if not spec:
         raise LangadaptError(f"{opts.adapter}: its adaptation.json names no base model; give --model")
     adapter_has_tokenizer = opts.adapter and any(
@@ -169,9 +165,7 @@ def load_chat(opts: "ChatOptions") -> tuple:
     template = resolve_template(tokenizer, opts.template)
     model = load_model(spec, dtype="float32" if record else None)
     if record:
-        from langadapt.train.merge import merge_adapter
-
-        model = merge_adapter(model, opts.adapter, record)
+        model = merge_adapter(model, opts.adapter)
     import torch
 
     if torch.cuda.is_available():

@@ -203,7 +203,7 @@ def tokenizer_merge_command(opts: TokenizerMergeOptions) -> int:
             info = merge_sentencepiece_base(opts, base_tok, tmp)
         else:
             info = merge_byte_level_base(opts, base_tok, tmp)
-        write_adaptation_json(tmp, "tokenizer-merge", lang=opts.reading.profile().code, **info)
+        write_adaptation_json(tmp, "tokenizer-merge", inherit_from=opts.base, lang=opts.reading.profile().code, **info)
     before, after = info["vocab_size_before"], info["vocab_size_after"]
     print(f"wrote {opts.output.out}: vocabulary {before} -> {after} ({after - before} added); see merge_report.json")
     return 0

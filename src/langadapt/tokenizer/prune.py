@@ -334,7 +334,7 @@ def tokenizer_prune_command(opts: TokenizerPruneOptions) -> int:
         check_saved(tmp, pruned_backend, samples[:50])
         write_json_atomic(tmp / "id_map.json", id_map)
         write_json_atomic(tmp / "prune_report.json", report)
-        write_adaptation_json(tmp, "tokenizer.prune", base=str(opts.base), tokenizer_kind=kind,
+        write_adaptation_json(tmp, "tokenizer.prune", inherit_from=opts.base, base=str(opts.base), tokenizer_kind=kind,
                               corpus=list(opts.corpus), lang=lang, min_count=opts.min_count,
                               old_vocab_size=result.old_vocab_size, new_vocab_size=len(result.new_to_old),
                               id_map="id_map.json")

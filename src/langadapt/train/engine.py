@@ -1,5 +1,5 @@
-"""What `pretrain` and `sft` share: what trains in each stage, the Trainer with trained rows,
-run directories, logs, the wall-clock budget, curves and the saved result.
+"""What `pretrain` and `sft` share: what trains in each stage, run directories, logs, the
+wall-clock budget, curves and the saved result.
 
 Stages (the seed recipes):
 
@@ -8,14 +8,16 @@ Stages (the seed recipes):
   embeddings and the LM head.
 - `full`: every weight (small models).
 
-With `new_rows_only`, the embedding/LM-head rows of the base vocabulary get no gradient and no
-weight decay, so only the rows of the tokens `model extend` added move (Adam's update of a row
-whose gradient was always zero is exactly zero). Tied embeddings are one tensor and train once.
+With `new_rows_only`, only the embedding/LM-head rows of the tokens `model extend` added are
+parameters (peft trainable tokens); the base vocabulary's rows stay as they are. Tied embeddings
+are one tensor and train once. Stages `embeddings` and `lora` train a peft adapter
+(`train/adapter.py` says what it stores), so transformers' Trainer checkpoints and restores it
+as it does any peft model.
 
 A run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
 everything in it is written), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
-`adapter/` (LoRA via peft + `trained_rows.safetensors` + tokenizer + `adaptation.json`; merge it
-with `langadapt merge`) or, for stage `full`, `model/` (a full model dir).
+`adapter/` (a peft adapter + tokenizer + `adaptation.json`; merge it with `langadapt merge`) or,
+for stage `full`, `model/` (a full model dir).
 """
 
 from __future__ import annotations
@@ -33,17 +35,16 @@ from typing import Any, Protocol, Sequence
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
-from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from langadapt.errors import LangadaptError
 from langadapt.model.load import load_model
 from langadapt.options import to_mapping
-from langadapt.outputs import atomic_output_dir, write_adaptation_json
+from langadapt.outputs import atomic_output_dir, read_adaptation_json, write_adaptation_json
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
-from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows, save_rows
+from langadapt.train.adapter import base_facts, embedding_pair, load_adapter, new_adapter, read_adapter, save_adapter
 from langadapt.train.recipe import TrainOptions
 
 COMPLETE_MARK = "langadapt-complete"  # written last into a checkpoint dir
@@ -54,8 +55,7 @@ METRICS_FILE = "metrics.jsonl"
 
 def added_row_ids(source: Path, vocab_rows: int) -> list[int]:
     """Rows of the tokens `model extend` added (read from the model dir's adaptation.json)."""
-    path = Path(source) / "adaptation.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    record = read_adaptation_json(source)
     for step in [record, *reversed(record.get("history", []))]:
         if step.get("step") == "model-extend":
             return list(range(int(step["base_tokenizer_size"]), vocab_rows))
@@ -63,74 +63,38 @@ def added_row_ids(source: Path, vocab_rows: int) -> list[int]:
                          f"which rows are new); {source} has no such record")
 
 
-def _mask_rows(weight: torch.nn.Parameter, first_new: int) -> None:
-    """Zero the gradient of rows below `first_new` (the base vocabulary)."""
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[first_new:] = 1
-    weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
-
-
-def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None):
-    """Set what trains for `recipe.stage` (wrapping in peft for `lora`); return the model to train."""
+def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None, adapter_dir: str | None = None):
+    """Set what trains for `recipe.stage`: every weight (`full`), or a peft adapter (`embeddings`,
+    `lora`): a new one on the rows `new_rows` (None: all rows), or the one at `adapter_dir`
+    trained further. Return the model to train."""
     if recipe.stage == "full":
-        if new_rows is not None:
-            raise LangadaptError("new_rows_only applies to stages embeddings and lora, not full")
+        if new_rows is not None or adapter_dir:
+            raise LangadaptError("new_rows_only and adapter apply to stages embeddings and lora, not full")
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if recipe.stage == "lora":
-        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = [t for t in recipe.lora_targets if t not in names]
-        if missing:
-            raise LangadaptError(f"lora_targets {missing} are not modules of {type(model).__name__}")
-        config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                            target_modules=list(recipe.lora_targets), task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)  # freezes every base weight
+    if adapter_dir:
+        stage = read_adapter(adapter_dir).get("stage")
+        if stage != recipe.stage:
+            raise LangadaptError(f"{adapter_dir} is an adapter of stage {stage}; continue it with stage {stage}, "
+                                 f"not {recipe.stage}")
+        model = load_adapter(model, adapter_dir, trainable=True)
     else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    emb, head = embedding_pair(model)
-    for w in (emb, head):
-        if w is not None:
-            w.requires_grad_(True)
-            if new_rows is not None:
-                _mask_rows(w, new_rows[0])
+        lora = None
+        if recipe.stage == "lora":
+            names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+            missing = [t for t in recipe.lora_targets if t not in names]
+            if missing:
+                raise LangadaptError(f"lora_targets {missing} are not modules of {type(model).__name__}")
+            lora = dict(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                        target_modules=list(recipe.lora_targets))
+        model = new_adapter(model, new_rows, lora)
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
 
 
-
 # ----------------------------------------------------------------------------- trainer
-
-class RowsTrainer(Trainer):
-    """Trainer plus: trained embedding/head rows saved and restored with peft checkpoints, and no
-    weight decay on rows that must not move (`new_rows_only`)."""
-
-    def __init__(self, *args, peft: bool, new_rows_only: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.peft, self.new_rows_only = peft, new_rows_only
-
-    def get_decay_parameter_names(self, model) -> list[str]:
-        names = super().get_decay_parameter_names(model)
-        if not self.new_rows_only:
-            return names
-        emb, head = embedding_pair(self.model)
-        frozen = {id(emb), id(head)}
-        keep = {n for n, p in model.named_parameters() if id(p) not in frozen}
-        return [n for n in names if n in keep]
-
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        if self.peft and self.args.should_save:  # peft saves only the LoRA weights
-            save_rows(self.model, None, Path(output_dir or self.args.output_dir) / ROWS_FILE)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        rows = Path(resume_from_checkpoint) / ROWS_FILE
-        if self.peft and rows.is_file():
-            apply_rows(model or self.model, load_rows(rows), str(rows))
-
 
 class RunLog(TrainerCallback):
     """Appends every log to metrics.jsonl (with wall time) and marks checkpoints complete."""
@@ -389,8 +353,7 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
             (out / name).write_text(text, encoding="utf-8")
 
     model = load_model_for_training(source, tokenizer)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
-    fingerprint = base_fingerprint(model)
+    base = base_facts(model)  # before the model is wrapped
     set_seed(options.seed)  # LoRA's initial weights are random: the same seed, the same run
     model = task.prepare(model, source)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -405,7 +368,7 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
     summary = {
         "stage": options.stage, "base": task.model_spec,
         "base_source": str(Path(source).resolve()) if Path(str(source)).exists() else str(source),
-        "base_fingerprint": fingerprint, "vocab_rows": vocab_rows, "tied_embeddings": embedding_pair(model)[1] is None,
+        **base,
         "budget": {"max_tokens": options.max_tokens, "max_steps": max_steps, "epochs": options.epochs,
                    "max_minutes": options.max_minutes},
         "steps": steps, "tokens_seen": int(trainer.state.num_input_tokens_seen),
@@ -416,8 +379,8 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
         "seconds": round(time.time() - start, 1), "recipe": to_mapping(options),
     }
     if state.is_main_process:
-        save_result(model, tokenizer, options, source, getattr(task, "new_rows", None), out, summary,
-                    f"{task.step}-{options.stage}")
+        inherit_from = getattr(options, "adapter", None) or source  # a continued adapter continues its own record
+        save_result(model, tokenizer, options, inherit_from, out, summary, f"{task.step}-{options.stage}")
         if (out / METRICS_FILE).is_file():
             plot_curves(out / METRICS_FILE, out / "curves.png")
     state.wait_for_everyone()
@@ -439,20 +402,14 @@ def checkpoint_step(path: Path) -> int:
 
 
 
-def save_result(model, tokenizer, recipe, source, new_rows, out: Path, summary: dict, step: str) -> None:
-    """Write `out/adapter` (stages embeddings, lora) or `out/model` (stage full), atomically;
-    `step` names it in adaptation.json (e.g. pretrain-lora, sft-lora)."""
-    name = "model" if recipe.stage == "full" else "adapter"
-    with atomic_output_dir(out / name, overwrite=True) as tmp:
-        if recipe.stage == "full":
-            model.save_pretrained(tmp)
-        else:
-            if recipe.stage == "lora":
-                model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors
-            summary["rows_saved"] = save_rows(model, new_rows, tmp / ROWS_FILE)
+def save_result(model, tokenizer, recipe, source, out: Path, summary: dict, step: str) -> None:
+    """Write `out/adapter` (stages embeddings, lora) or `out/model` (stage full), atomically, with
+    the tokenizer and adaptation.json (`step`, e.g. pretrain-lora, and `summary`, continuing the
+    record of `source`)."""
+    if recipe.stage != "full":
+        save_adapter(model, tokenizer, out / "adapter", step, inherit_from=source, **summary)
+        return
+    with atomic_output_dir(out / "model", overwrite=True) as tmp:
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if (Path(str(source)) / "adaptation.json").is_file():
-            shutil.copyfile(Path(str(source)) / "adaptation.json", tmp / "adaptation.json")
-        write_adaptation_json(tmp, step, **summary)
-
-
+        write_adaptation_json(tmp, step, inherit_from=source, **summary)

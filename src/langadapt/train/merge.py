@@ -4,8 +4,9 @@
    check it is the model the adapter was trained on (its fingerprint: shapes and the first
    embedding rows, which `model extend` never changes).
 2. If the base has fewer vocabulary rows than the adapter (the un-extended base of an extended
-   model), resize it; every row beyond the base's must then be among the saved trained rows.
-3. Merge the LoRA weights (peft `merge_and_unload`) and write the trained rows.
+   model), resize it; every row beyond the base's must then be among the adapter's trained rows.
+3. Fold in the LoRA weights and the trained rows (trainable tokens or modules_to_save; the
+   adapter format is described in `train/adapter.py`).
 4. Save a standard model dir (+ tokenizer, adaptation.json) through `atomic_output_dir`.
 
 When the base is a local directory of safetensors shards (the usual case), the merge goes
@@ -29,57 +30,11 @@ import torch
 from langadapt.errors import LangadaptError
 from langadapt.model.load import load_model
 from langadapt.options import Options, OptionError, embed, option
-from langadapt.outputs import OutputOptions, write_adaptation_json
+from langadapt.outputs import ADAPTATION_FILE, OutputOptions, write_adaptation_json
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
-from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, fingerprint, load_rows
-
-PEFT_CONFIG = "adapter_config.json"
-
-
-def read_adapter(adapter_dir: str | Path) -> dict:
-    """The pretrain/sft record of an adapter dir (its adaptation.json), with a clear error if it is not one."""
-    adapter_dir = Path(adapter_dir)
-    path = adapter_dir / "adaptation.json"
-    if not path.is_file():
-        raise LangadaptError(f"{adapter_dir}: no adaptation.json; expected an adapter dir written by "
-                             "`langadapt pretrain` (<out>/adapter)")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("step") not in ("pretrain-embeddings", "pretrain-lora", "sft-embeddings", "sft-lora"):
-        raise LangadaptError(f"{adapter_dir}: adaptation.json says step '{record.get('step')}', not an adapter of "
-                             "`pretrain` or `sft` (stage full writes a whole model, which needs no merge)")
-    if not (adapter_dir / ROWS_FILE).is_file():
-        raise LangadaptError(f"{adapter_dir}: {ROWS_FILE} is missing; the adapter is incomplete")
-    return record
-
-
-def merge_adapter(base_model, adapter_dir: str | Path, record: dict):
-    """Return `base_model` with the adapter at `adapter_dir` folded in (a plain transformers model)."""
-    adapter_dir = Path(adapter_dir)
-    fingerprint = base_fingerprint(base_model)
-    if fingerprint != record["base_fingerprint"]:
-        raise LangadaptError(f"{adapter_dir} was trained on a different base model ({record.get('base_source')}, "
-                             f"fingerprint {record['base_fingerprint']}); this base has fingerprint {fingerprint}")
-    rows = load_rows(adapter_dir / ROWS_FILE)
-    vocab = rows["vocab_rows"]
-    have = base_model.get_input_embeddings().weight.shape[0]
-    if have > vocab:
-        raise LangadaptError(f"the base has {have} vocabulary rows but {adapter_dir} was trained with {vocab}; "
-                             "use the base it was trained on")
-    if have < vocab:
-        ids = set(rows["row_ids"].tolist())
-        missing = [i for i in range(have, vocab) if i not in ids]
-        if missing:
-            raise LangadaptError(f"the base has {have} vocabulary rows, the adapter {vocab}, and rows {missing[0]}.. "
-                                 "were not trained, so they cannot be rebuilt; pass --base the extended model")
-        base_model.resize_token_embeddings(vocab, mean_resizing=False)
-    model = base_model
-    if (adapter_dir / PEFT_CONFIG).is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-    apply_rows(model, rows, str(adapter_dir / ROWS_FILE))
-    return model
+from langadapt.train.adapter import (adapter_tensors, check_base, check_vocabulary, fingerprint, merge_adapter,
+                                     module_name, read_adapter)
 
 
 # ----------------------------------------------------------------------------- shard by shard
@@ -94,10 +49,6 @@ def _meta_model(base_dir: Path):
     return config, model
 
 
-def _param_name(model, param) -> str:
-    return next(n for n, p in model.named_parameters(remove_duplicate=False) if p is param)
-
-
 def _shards(base_dir: Path) -> tuple[list[str], dict | None]:
     """The safetensors shard file names of a model dir and its index (None for a single file)."""
     index = base_dir / "model.safetensors.index.json"
@@ -109,68 +60,44 @@ def _shards(base_dir: Path) -> tuple[list[str], dict | None]:
     raise LangadaptError(f"{base_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def lora_deltas(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
-    """{base weight name: (A, B)} of a peft LoRA adapter and its scale (alpha/r, or alpha/sqrt(r))."""
-    from safetensors.torch import load_file
-
-    cfg = json.loads((adapter_dir / PEFT_CONFIG).read_text(encoding="utf-8"))
-    unsupported = [k for k in ("use_dora", "alpha_pattern", "rank_pattern", "fan_in_fan_out", "modules_to_save")
-                   if cfg.get(k)] + (["bias"] if cfg.get("bias", "none") != "none" else [])
-    if unsupported:
-        raise LangadaptError(f"{adapter_dir}: LoRA options {unsupported} are not handled shard by shard; "
-                             "merge with --in-memory")
-    scale = cfg["lora_alpha"] / (cfg["r"] ** 0.5 if cfg.get("use_rslora") else cfg["r"])
-    pairs: dict[str, dict] = {}
-    for key, tensor in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
-        for part in ("lora_A", "lora_B"):
-            if f".{part}." in key:
-                name = key.removeprefix("base_model.model.").replace(f".{part}.weight", ".weight")
-                pairs.setdefault(name, {})[part] = tensor
-    return {n: (p["lora_A"], p["lora_B"]) for n, p in pairs.items()}, scale
-
-
 def merge_by_shard(base_dir: Path, adapter_dir: Path, record: dict, out: Path, dtype: str | None = None) -> dict:
     """Write base + adapter into `out` one safetensors shard at a time; return what was done."""
     from safetensors.torch import load_file, save_file
 
     config, meta = _meta_model(base_dir)
-    emb = meta.get_input_embeddings().weight
-    head = meta.get_output_embeddings()
-    tied = head is None or head.weight is emb
-    emb_name = _param_name(meta, emb)
-    head_name = None if tied else _param_name(meta, head.weight)
-    rows = load_rows(adapter_dir / ROWS_FILE)
-    if rows["tied"] != tied:
-        raise LangadaptError(f"{adapter_dir} was trained with {'tied' if rows['tied'] else 'untied'} embeddings but "
-                             f"{base_dir} has {'tied' if tied else 'untied'} ones")
-    deltas, scale = lora_deltas(adapter_dir) if (adapter_dir / PEFT_CONFIG).is_file() else ({}, 0.0)
-    vocab, ids = rows["vocab_rows"], rows["row_ids"]
+    emb, head = meta.get_input_embeddings(), meta.get_output_embeddings()
+    tied = head is None or head.weight is emb.weight
+    emb_name = module_name(meta, emb) + ".weight"
+    deltas, scale, rows = adapter_tensors(adapter_dir)
+    if tied:  # peft may also save the tied head's copy of the embedding's rows; the shards hold only the embedding
+        rows = {n: r for n, r in rows.items() if n == emb_name}
+    vocab = record["vocab_rows"]
     shard_names, index = _shards(base_dir)
-    used, total_size, fingerprint_checked = set(), 0, False
+    used, total_size, base_checked = set(), 0, False
     for shard in shard_names:
         tensors = load_file(str(base_dir / shard))
         for name in list(tensors):
             w = tensors[name]
             target = getattr(torch, dtype) if dtype else w.dtype
-            if name == emb_name and not fingerprint_checked:
-                _check_fingerprint(meta, config, w, record, adapter_dir, base_dir)
-                fingerprint_checked = True
-            if name in (emb_name, head_name):
-                w = _with_rows(w, vocab, ids, rows["input_embeddings" if name == emb_name else "output_embeddings"],
-                               adapter_dir)
+            if name == emb_name and not base_checked:
+                found = fingerprint(type(meta).__name__, config.get_text_config(), tied, w[:8])
+                check_base(record, adapter_dir, tied, found, str(base_dir))
+                base_checked = True
+            if name in rows:
+                w = _with_rows(w, vocab, *rows[name], adapter_dir)
             elif name in deltas:
                 a, b = deltas[name]
                 w = w.float() + scale * (b.float() @ a.float())
-                used.add(name)
+            used.add(name)
             tensors[name] = w.to(target).contiguous()
             total_size += tensors[name].numel() * tensors[name].element_size()
         save_file(tensors, str(out / shard), metadata={"format": "pt"})
         del tensors
-    missing = sorted(set(deltas) - used)
+    missing = sorted((set(deltas) | set(rows)) - used)
     if missing:
-        raise LangadaptError(f"{adapter_dir}: LoRA weights for {missing[0]} (and {len(missing) - 1} more) have no "
+        raise LangadaptError(f"{adapter_dir}: adapter weights for {missing[0]} (and {len(missing) - 1} more) have no "
                              f"matching tensor in {base_dir}")
-    if not fingerprint_checked:
+    if not base_checked:
         raise LangadaptError(f"{base_dir}: no tensor named {emb_name} in its shards")
     if index is not None:
         index = {**index, "metadata": {**index.get("metadata", {}), "total_size": total_size}}
@@ -181,31 +108,19 @@ def merge_by_shard(base_dir: Path, adapter_dir: Path, record: dict, out: Path, d
     config.save_pretrained(out)
     if (base_dir / "generation_config.json").is_file():
         shutil.copyfile(base_dir / "generation_config.json", out / "generation_config.json")
-    return {"method": "shard by shard", "shards": len(shard_names), "lora_weights_merged": len(used)}
+    return {"method": "shard by shard", "shards": len(shard_names), "lora_weights_merged": len(deltas),
+            "row_weights_merged": len(rows)}
 
 
-def _check_fingerprint(meta, config, emb_weight, record, adapter_dir, base_dir) -> None:
-    head = meta.get_output_embeddings()
-    tied = head is None or head.weight is meta.get_input_embeddings().weight
-    found = fingerprint(type(meta).__name__, config.get_text_config(), tied, emb_weight[:8])
-    if found != record["base_fingerprint"]:
-        raise LangadaptError(f"{adapter_dir} was trained on a different base model ({record.get('base_source')}, "
-                             f"fingerprint {record['base_fingerprint']}); {base_dir} has {found}")
-
-
-def _with_rows(w: torch.Tensor, vocab: int, ids: torch.Tensor, trained: torch.Tensor, adapter_dir: Path):
-    """`w` resized to `vocab` rows (new rows must be trained ones) with the trained rows written in."""
+def _with_rows(w: torch.Tensor, vocab: int, ids: torch.Tensor | None, trained: torch.Tensor, adapter_dir: Path):
+    """`w` resized to `vocab` rows (rows it lacks must be trained ones) with the trained rows
+    (`ids`; None: all) written in."""
     have = w.shape[0]
-    if have > vocab:
-        raise LangadaptError(f"the base has {have} vocabulary rows but {adapter_dir} was trained with {vocab}; "
-                             "use the base it was trained on")
-    if have < vocab:
-        known = set(ids.tolist())
-        missing = [i for i in range(have, vocab) if i not in known]
-        if missing:
-            raise LangadaptError(f"the base has {have} vocabulary rows, the adapter {vocab}, and rows {missing[0]}.. "
-                                 "were not trained, so they cannot be rebuilt; pass --base the extended model")
+    if have != vocab:
+        check_vocabulary(adapter_dir, have, vocab, set(range(vocab)) if ids is None else set(ids.tolist()))
         w = torch.cat([w, torch.zeros(vocab - have, w.shape[1], dtype=w.dtype)])
+    if ids is None:
+        return trained.to(w.dtype)
     w = w.clone()
     w[ids] = trained.to(w.dtype)
     return w
@@ -237,7 +152,7 @@ def merge_command(opts: MergeOptions) -> int:
     record = read_adapter(adapter_dir)
     base = opts.base or record.get("base_source")
     if not base:
-        raise LangadaptError(f"{adapter_dir}: adaptation.json names no base model; pass --base")
+        raise LangadaptError(f"{adapter_dir}: {ADAPTATION_FILE} names no base model; pass --base")
     tokenizer = load_tokenizer(str(adapter_dir))
     if len(tokenizer) > record["vocab_rows"]:
         raise LangadaptError(f"{adapter_dir}: its tokenizer has {len(tokenizer)} tokens but the adapter only "
@@ -251,13 +166,12 @@ def merge_command(opts: MergeOptions) -> int:
         else:
             model = load_model(str(source), dtype="float32")
             dtype = opts.dtype or str(getattr(model.config, "dtype", None) or "float32").replace("torch.", "")
-            model = merge_adapter(model, adapter_dir, record).to(getattr(torch, dtype))
+            model = merge_adapter(model, adapter_dir).to(getattr(torch, dtype))
             model.save_pretrained(tmp)
             report = {"method": "in memory (peft merge_and_unload)"}
         tokenizer.save_pretrained(tmp)
-        shutil.copyfile(adapter_dir / "adaptation.json", tmp / "adaptation.json")
-        write_adaptation_json(tmp, "merge", adapter=str(adapter_dir.resolve()), base=str(base),
-                              vocab_rows=record["vocab_rows"], dtype=opts.dtype,
+        write_adaptation_json(tmp, "merge", inherit_from=adapter_dir, adapter=str(adapter_dir.resolve()),
+                              base=str(base), vocab_rows=record["vocab_rows"], dtype=opts.dtype,
                               seconds=round(time.perf_counter() - start, 1), **report)
     print(json.dumps({"out": str(opts.output.out), "base": str(base), "adapter": str(adapter_dir),
                       "vocab_rows": record["vocab_rows"], **report}, indent=2))

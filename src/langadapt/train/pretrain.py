@@ -14,17 +14,18 @@ import time
 from pathlib import Path
 
 from accelerate import PartialState
+from transformers import Trainer
 
 from langadapt.corpus import expand_paths
 from langadapt.errors import LangadaptError
 from langadapt.model.score import bpc_of_text
 from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
-from langadapt.train.engine import (RowsTrainer, TrainingData, added_row_ids, prepare_model, run_training)
+from langadapt.train.engine import TrainingData, added_row_ids, prepare_model, run_training
 from langadapt.train.recipe import PretrainOptions
 
 
-class PretrainTrainer(RowsTrainer):
-    """`RowsTrainer` whose evaluation is the held-out text in bits per char."""
+class PretrainTrainer(Trainer):
+    """A Trainer whose evaluation is the held-out text in bits per char."""
 
     def __init__(self, *args, heldout_text: str, block_size: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,8 +95,7 @@ class PretrainTask:
         # sliding window (bits per char), which is comparable across tokenizers, unlike eval loss.
         return PretrainTrainer(model=model, args=args, train_dataset=data.rows,
                                eval_dataset=[self.heldout_text] if self.heldout_text else None,
-                               processing_class=tokenizer, callbacks=callbacks, peft=self.options.stage == "lora",
-                               new_rows_only=self.new_rows is not None, heldout_text=self.heldout_text,
+                               processing_class=tokenizer, callbacks=callbacks, heldout_text=self.heldout_text,
                                block_size=self.options.block_size)
 
     def before_training(self, trainer, resumed: bool) -> dict:

@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
+from transformers import Trainer
 
 from langadapt.errors import LangadaptError
 from langadapt.tokenizer.templates import TEMPLATE_HELP, resolve_template
-from langadapt.train.engine import RowsTrainer, TrainingData, prepare_model, run_training
+from langadapt.train.adapter import read_adapter
+from langadapt.train.engine import TrainingData, prepare_model, run_training
 from langadapt.train.instructions import read_conversations
-from langadapt.train.merge import read_adapter
 from langadapt.train.recipe import SftOptions
 from langadapt.train.sft_data import collate, encode_conversations, pack
 
@@ -45,33 +46,6 @@ def split_heldout(conversations: list, share: float, seed: int) -> tuple[list, l
             [c for i, c in enumerate(conversations) if i in held])
 
 
-def continue_adapter(model, adapter_dir: Path, record: dict, recipe: SftOptions):
-    """`model` (the adapter's base) with the adapter's LoRA (trainable) and trained rows loaded."""
-    from langadapt.train.adapter import ROWS_FILE, apply_rows, base_fingerprint, embedding_pair, load_rows
-    from langadapt.train.merge import PEFT_CONFIG
-
-    if base_fingerprint(model) != record["base_fingerprint"]:
-        raise LangadaptError(f"{adapter_dir} was trained on another base model ({record.get('base_source')}); "
-                             "pass the model it was trained on as `model`")
-    rows = load_rows(adapter_dir / ROWS_FILE)
-    apply_rows(model, rows, str(adapter_dir / ROWS_FILE))
-    if (adapter_dir / PEFT_CONFIG).is_file():
-        if recipe.stage != "lora":
-            raise LangadaptError(f"{adapter_dir} holds a LoRA adapter; continue it with stage lora, not {recipe.stage}")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    for w in embedding_pair(model):
-        if w is not None:
-            w.requires_grad_(True)
-    if recipe.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
-
-
 class SftTask:
     """Conversations rendered with a chat template, loss on answers (see `engine.TrainingTask`)."""
 
@@ -79,8 +53,8 @@ class SftTask:
 
     def __init__(self, options: SftOptions):
         self.options = options
-        self.record = read_adapter(options.adapter) if options.adapter else None
-        self.model_spec = options.model or (self.record or {}).get("base_source")
+        record = read_adapter(options.adapter) if options.adapter else {}
+        self.model_spec = options.model or record.get("base_source")
         if not self.model_spec:
             raise LangadaptError(f"{options.adapter}: its adaptation.json names no base model; give `model`")
         self.tokenizer_spec = options.adapter
@@ -115,15 +89,13 @@ class SftTask:
 
     def prepare(self, model, source):
         model.config.use_cache = False  # a cache would hide the packed-sequence boundaries from the attention mask
-        if self.options.adapter:
-            return continue_adapter(model, Path(self.options.adapter), self.record, self.options)
-        return prepare_model(model, self.options, None)
+        return prepare_model(model, self.options, None, adapter_dir=self.options.adapter)
 
     def make_trainer(self, model, args, data, tokenizer, callbacks):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return RowsTrainer(model=model, args=args, train_dataset=data.rows, eval_dataset=self.heldout or None,
-                           processing_class=tokenizer, data_collator=functools.partial(collate, pad_id=pad_id),
-                           callbacks=callbacks, peft=self.options.stage == "lora")
+        return Trainer(model=model, args=args, train_dataset=data.rows, eval_dataset=self.heldout or None,
+                       processing_class=tokenizer, data_collator=functools.partial(collate, pad_id=pad_id),
+                       callbacks=callbacks)
 
     def before_training(self, trainer, resumed: bool) -> dict:
         loss = trainer.evaluate().get("eval_loss") if self.heldout and not resumed else None
