@@ -61,9 +61,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--text", default=str(DEFAULT_TEXT))
-    ap.add_argument("--multiples", default="1,2,4", help="window lengths in trained contexts")
+    ap.add_argument("--multiples", default="1,2,4", help="window lengths in trained contexts (default plan: "
+                    "none at each, and linear/dynamic/yarn at factor k and auto at each k > 1)")
     ap.add_argument("--scored", type=int, default=1024, help="tokens scored at the end of each window")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--rows", default=None, help="instead of the default plan: MULTIPLE:SETTING,... (e.g. "
+                                                 "1:yarn:2,1:yarn:4: what scaling does to inputs within the trained "
+                                                 "context); the rows are added to an existing --json")
     ap.add_argument("--json", default="benchmarks/bench_rope_scaling.json")
     args = ap.parse_args()
 
@@ -71,8 +75,13 @@ def main() -> None:
     text = read_text(Path(args.text))
     ids = tok(text, add_special_tokens=False)["input_ids"]
     context = load_model(args.model, dtype=args.dtype).config.max_position_embeddings
-    multiples = [int(m) for m in args.multiples.split(",")]
-    total = max(multiples) * context
+    if args.rows:
+        plan = [(int(m), setting) for m, _, setting in (row.partition(":") for row in args.rows.split(","))]
+    else:
+        plan = [(k, setting) for k in map(int, args.multiples.split(","))
+                for setting in ["none"] + ([f"linear:{k}", f"dynamic:{k}", f"yarn:{k}", "auto"] if k > 1 else [])]
+    # The scored tokens end at the same place whatever the plan: 4 trained contexts in (or more).
+    total = max(4, *(k for k, _ in plan)) * context
     if len(ids) < total:
         raise SystemExit(f"{args.text}: {len(ids)} tokens, need {total}")
     ids = torch.tensor(ids[:total])
@@ -80,20 +89,19 @@ def main() -> None:
     result = {"model": args.model, "text": args.text, "trained_context": context, "scored_tokens": args.scored,
               "scored_characters": len(scored_text), "dtype": args.dtype, "threads": torch.get_num_threads(),
               "rows": []}
-    for k in multiples:
-        settings = ["none"] + ([f"linear:{k}", f"dynamic:{k}", f"yarn:{k}", "auto"] if k > 1 else [])
-        for setting in settings:
-            model = load_model(args.model, dtype=args.dtype, rope_scaling=None if setting == "none" else setting).eval()
-            start = time.perf_counter()
-            nll = window_nll(model, ids[total - k * context:], args.scored)
-            row = {"multiple": k, "window": k * context, "rope_scaling": setting,
-                   "bits_per_char": round(nll / math.log(2) / len(scored_text), 4),
-                   "seconds": round(time.perf_counter() - start, 1)}
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            del model
-
+    if args.rows and Path(args.json).is_file():
+        result["rows"] = json.loads(Path(args.json).read_text(encoding="utf-8"))["rows"]
+    for k, setting in plan:
+        model = load_model(args.model, dtype=args.dtype, rope_scaling=None if setting == "none" else setting).eval()
+        start = time.perf_counter()
+        nll = window_nll(model, ids[total - k * context:], args.scored)
+        row = {"multiple": k, "window": k * context, "rope_scaling": setting,
+               "bits_per_char": round(nll / math.log(2) / len(scored_text), 4),
+               "seconds": round(time.perf_counter() - start, 1)}
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        del model
 
 if __name__ == "__main__":
     main()

@@ -131,6 +131,19 @@ def test_a_model_that_prefers_invalid_bytes_writes_valid_text_under_the_mask(nam
     assert result.completion_tokens == 10
 
 
+def test_eval_generate_answers_under_the_mask(tiny_tok):
+    """The report's sample answers (`eval generate`) come through the mask too."""
+    from langadapt.eval.generate import generate_answers
+    from langadapt.tokenizer.templates import BUILTIN_TEMPLATES
+
+    byte = _byte_ids(tiny_tok)
+    preferred = [byte[b] for b in (0xFF, 0x80, 0xC0, 0xE0, 0xA0, 0xBF)]
+    model = RuleLM(len(tiny_tok), lambda ids: preference_logits(len(tiny_tok), preferred).expand(ids.shape[0], -1),
+                   eos_token_id=tiny_tok.eos_token_id, pad_token_id=tiny_tok.eos_token_id)
+    answers = generate_answers(model, tiny_tok, BUILTIN_TEMPLATES["chatml"], [[{"role": "user", "content": "hi"}]], 9)
+    assert answers[0]["answer"] == "\u0800" * 3 and answers[0]["tokens"] == 9
+
+
 @pytest.mark.parametrize("name", ["tiny_tok", "byte_fallback_tok"])
 def test_sampling_from_noise_never_breaks_utf8(name, request):
     tok = request.getfixturevalue(name)

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from langadapt.errors import LangadaptError
-from langadapt.options import Options, option
+from langadapt.options import Options, OptionError, option
 from langadapt.sources import hub_error, resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 
@@ -28,7 +28,7 @@ KIND_NAMES = {"byte-level-bpe": "byte-level BPE", "sentencepiece": "SentencePiec
 
 
 ROPE_TYPES = ("linear", "dynamic", "yarn")
-AUTO_MAX_FACTOR = 4  # the longest input `auto` is meant for, in trained contexts (as far as docs/benchmarks.md measured)
+AUTO_MAX_FACTOR = 4  # the longest input `auto` accepts, in trained contexts (what docs/benchmarks.md measured)
 ROPE_SCALING_HELP = ("RoPE scaling for inputs longer than the trained context: linear:F (position interpolation), "
                      "dynamic:F (NTK-aware, grows with the input), yarn:F, auto (NTK-aware with the factor taken "
                      f"from each input's length: exact within the trained context, up to {AUTO_MAX_FACTOR}x beyond) "
@@ -51,6 +51,14 @@ def parse_rope_scaling(spec: str | None) -> tuple[str, float] | None:
         raise LangadaptError(f"--rope-scaling must be linear:F, dynamic:F or yarn:F with F >= 1 (e.g. linear:2), "
                              f"auto or none; got '{spec}'")
     return kind, value
+
+
+def check_rope_scaling(value: str | None) -> None:
+    """The check of a `rope_scaling` option field: an OptionError naming it for a bad value."""
+    try:
+        parse_rope_scaling(value)
+    except LangadaptError as e:
+        raise OptionError("rope_scaling", str(e).removeprefix("--rope-scaling ")) from e
 
 
 def apply_rope_scaling(config, spec: str | None) -> None:

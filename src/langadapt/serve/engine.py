@@ -1,9 +1,10 @@
 """The generation engine behind `chat`, `serve` and the web UI: one inference thread fed by a bounded queue.
 
-- `load_served_model(model, adapter, template, rope_scaling)` loads what `chat` and `serve` serve:
-  the model (alias, HF dir, `.gguf`, hub id; RoPE scaling through the transformers config), an
-  adapter merged in memory (`merge_adapter_in_memory`, the one place adapters are read), its
-  tokenizer (the adapter's own when it has one) and the chat template `sft` trained with.
+- `load_served_model(model, ModelSourceOptions(adapter, template, rope_scaling))` loads what `chat`
+  and `serve` serve: the model (alias, HF dir, `.gguf`, hub id; RoPE scaling through the transformers
+  config), an adapter merged in memory (`adapter_base` and `merge_adapter_in_memory` are the only
+  places adapters are read), its tokenizer (the adapter's own when it has one) and the chat template
+  `sft` trained with.
 - `Engine.submit(prompt_ids, sampling, stop_ids, sink)` queues a generation and returns its `Job`;
   a full queue raises `EngineBusy` (with a retry-after estimate). The inference thread runs one
   job at a time with `langadapt.model.generate.generate_text` (UTF-8 mask, per-character text,
@@ -26,8 +27,8 @@ from pathlib import Path
 
 from langadapt.errors import LangadaptError
 from langadapt.model.generate import Generation, Sampling, Utf8Table, generate_text, stop_token_ids
-from langadapt.model.load import ROPE_SCALING_HELP, parse_rope_scaling
-from langadapt.options import Options, OptionError, option
+from langadapt.model.load import ROPE_SCALING_HELP, check_rope_scaling
+from langadapt.options import Options, option
 
 Sink = Callable[[object], None]  # receives str pieces, then a Generation or an Exception
 
@@ -44,43 +45,45 @@ class ModelSourceOptions(Options):
 
     def __post_init__(self):
         super().__post_init__()
-        try:
-            parse_rope_scaling(self.rope_scaling)
-        except LangadaptError as e:
-            raise OptionError("rope_scaling", str(e).removeprefix("--rope-scaling ")) from e
+        check_rope_scaling(self.rope_scaling)
 
 
-def merge_adapter_in_memory(model, adapter_dir: str | Path, record: dict):
-    """`model` with the adapter at `adapter_dir` folded in (the only place `chat` and `serve` read adapters)."""
-    from langadapt.train.merge import merge_adapter
+# The two places `chat` and `serve` read adapters (the adapter format may change: change these).
 
-    return merge_adapter(model, adapter_dir, record)
+def adapter_base(adapter_dir: str | Path) -> str | None:
+    """The base model an adapter dir names (its adaptation.json), if any."""
+    from langadapt.train.merge import read_adapter
+
+    return read_adapter(adapter_dir).get("base_source")
+
+
+def merge_adapter_in_memory(model, adapter_dir: str | Path):
+    """`model` with the adapter at `adapter_dir` folded in."""
+    from langadapt.train.merge import merge_adapter, read_adapter
+
+    return merge_adapter(model, adapter_dir, read_adapter(adapter_dir))
 
 
 def load_served_model(model: str | None, source: ModelSourceOptions) -> tuple:
     """(model, tokenizer, template) for `chat` and `serve`: the model plus its adapter, tokenizer and template.
 
-    `model` may be None with an adapter: the base its adaptation.json names is used."""
+    `model` may be None with an adapter: the base the adapter names is used."""
     from langadapt.model.load import load_model
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.tokenizer.templates import resolve_template
 
-    record = None
     if source.adapter:
-        from langadapt.train.merge import read_adapter
-
-        record = read_adapter(source.adapter)
-        model = model or record.get("base_source")
+        model = model or adapter_base(source.adapter)
     if not model:
         raise LangadaptError(f"{source.adapter}: its adaptation.json names no base model; give the model")
     adapter_has_tokenizer = source.adapter and any(
         (Path(source.adapter) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
     tokenizer = load_tokenizer(source.adapter if adapter_has_tokenizer else resolve_model_source(model))
     template = resolve_template(tokenizer, source.template)
-    loaded = load_model(model, dtype="float32" if record else None, rope_scaling=source.rope_scaling)
-    if record:
-        loaded = merge_adapter_in_memory(loaded, source.adapter, record)
+    loaded = load_model(model, dtype="float32" if source.adapter else None, rope_scaling=source.rope_scaling)
+    if source.adapter:
+        loaded = merge_adapter_in_memory(loaded, source.adapter)
     import torch
 
     if torch.cuda.is_available():

@@ -260,8 +260,9 @@ def build_app(load_engine: Callable[[], Any], api_key: str | None = None, ui: bo
                             top_p=request.top_p, seed=request.seed, stop=stop_strings(request.stop))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        try:
-            job = served.submit(prompt_ids, sampling, stop_ids, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        try:  # the inference thread hands events over to this event loop
+            job = served.submit(prompt_ids, sampling, stop_ids,
+                                lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
         except EngineBusy as e:
             raise RequestError(503, str(e), code="server_overloaded", headers={"Retry-After": str(e.retry_after)})
         except ContextTooLong as e:
@@ -278,7 +279,7 @@ def build_app(load_engine: Callable[[], Any], api_key: str | None = None, ui: bo
             try:
                 event = await asyncio.wait_for(events.get(), timeout=DISCONNECT_POLL_SECONDS)
             except asyncio.TimeoutError:
-                event = ""
+                event = ""  # nothing new: only look for a disconnect
             if time.monotonic() - checked >= DISCONNECT_POLL_SECONDS:
                 checked = time.monotonic()
                 if await http_request.is_disconnected():
@@ -319,7 +320,8 @@ def build_app(load_engine: Callable[[], Any], api_key: str | None = None, ui: bo
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
             def sse(choices: list, **extra) -> str:
-                return f"data: {json.dumps({**head, 'object': chunk_object, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
+                chunk = {**head, "object": chunk_object, "choices": choices, **extra}
+                return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
             async def stream():
                 try:
