@@ -213,7 +213,7 @@ class TextStream:
 
 
 class StopStrings:
-    """Cuts text at the first stop string, holding back any tail that could be the start of one.
+    """Cuts text before the first stop string, holding back any tail that could be the start of one.
 
     `feed(text)` returns (text safe to show, whether a stop string was found); after a stop the
     text beyond it is dropped. `flush()` returns what was held back (at the end of a generation
@@ -228,10 +228,12 @@ class StopStrings:
         if self.stopped:
             return "", True
         buffer = self.held + text
-        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
+        # The stop string completed first (the smallest end; of those, the longest) wins, as it would
+        # character by character, so the result does not depend on how the text was cut into pieces.
+        ends = [(i + len(s), i) for s in self.stops if (i := buffer.find(s)) >= 0]
+        if ends:
             self.held, self.stopped = "", True
-            return buffer[:min(hits)], True
+            return buffer[:min(ends)[1]], True
         keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(buffer)), 0, -1)
                     if buffer.endswith(s[:n])), default=0)
         self.held = buffer[len(buffer) - keep:] if keep else ""
