@@ -35,7 +35,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_lla
               "--gradient-checkpointing", "false", "--progress", "false", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "langadapt.train.pretrain",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "langadapt.cli", "pretrain",
                            *common, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
