@@ -67,7 +67,8 @@ def main() -> int:
 
     import torch
 
-    from langadapt.eval.bpc import bpc_of_text, read_text
+    from langadapt.eval.bpc import read_text
+    from langadapt.model.score import bpc_of_text
     from langadapt.model.load import load_model
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer

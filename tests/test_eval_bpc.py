@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ from hypothesis import strategies as st
 from conftest import TIBETAN_SEED_SENTENCE
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
-from langadapt.eval.bpc import bpc_of_text, read_text, score_ids, window_spans
+from langadapt.eval.bpc import read_text
+from langadapt.model.score import bpc_of_text, score_ids, window_spans
+from langadapt.model.fingerprint import model_fingerprint
+from langadapt.model.score import cached_score, score_cache_key, score_text_cached
 
 TEXT = "The quick brown fox jumps over the lazy dog. 모든 국민은 법 앞에 평등하다. " + TIBETAN_SEED_SENTENCE
 
@@ -36,11 +40,95 @@ def test_stride_must_be_below_context():
         window_spans(100, 8, 8)
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh LANGADAPT_HOME (score cache, file-hash memo) for one test."""
+    monkeypatch.setenv("LANGADAPT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     return (AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval(),
             AutoTokenizer.from_pretrained(tiny_llama_dir))
+
+
+def score_ids_reference(model, ids, context, stride):
+    """The straightforward computation: one window per forward, every logit of the window, fp32
+    log_softmax over the whole vocabulary, the scored positions picked afterwards."""
+    nll = 0.0
+    with torch.no_grad():
+        for begin, end, start in window_spans(len(ids), context, stride):
+            logp = torch.log_softmax(model(torch.tensor([ids[begin:end]])).logits[0].float(), -1)
+            targets = torch.tensor(ids[start:end])
+            nll -= logp[start - begin - 1:end - begin - 1].gather(1, targets[:, None]).sum().item()
+    return nll, len(ids) - 1 if len(ids) > 1 else 0
+
+
+@pytest.mark.parametrize("context,stride,n,batch_tokens", [
+    (16, 5, 200, 4096),   # ragged last window (199 targets: 15 + 36 * 5 + 4)
+    (16, 8, 200, 32),     # two windows per forward
+    (16, 15, 97, 16),     # one window per forward, stride context - 1
+    (8, 1, 40, 4096),     # stride 1: every window scores one token
+    (64, 32, 64, 4096),   # exactly one full window
+    (64, 32, 65, 4096),   # one full window and a window scoring one token
+    (512, 256, 23, 4096),  # a text shorter than one window
+    (16, 5, 2, 4096),     # one target
+])
+def test_fast_scoring_equals_the_straightforward_computation(tiny, context, stride, n, batch_tokens):
+    model, tok = tiny
+    ids = ([tok.bos_token_id] + tok(TEXT * 4, add_special_tokens=False)["input_ids"])[:n]
+    assert len(ids) == n
+    fast, scored = score_ids(model, ids, context, stride, progress=False, batch_tokens=batch_tokens)
+    ref, ref_scored = score_ids_reference(model, ids, context, stride)
+    assert scored == ref_scored == n - 1
+    assert fast == pytest.approx(ref, rel=1e-5)
+
+
+def test_a_model_that_post_processes_its_logits_is_scored_through_its_own_forward(tiny_llama_dir):
+    """A model whose logits are not just the LM head (here: doubled, like soft-capping or scaling)
+    keeps its own logits in the exact path, and is refused under autocast."""
+    from transformers import LlamaForCausalLM
+
+    class DoubledLogits(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    model = DoubledLogits.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    ids = list(range(3, 60))
+    fast, _ = score_ids(model, ids, 16, 8, progress=False)
+    assert fast == pytest.approx(score_ids_reference(model, ids, 16, 8)[0], rel=1e-5)
+    with pytest.raises(LangadaptError, match="cannot be scored under autocast"):
+        score_ids(model, ids, 16, 8, progress=False, autocast="bfloat16")
+
+
+@pytest.mark.slow
+def test_fast_scoring_equals_the_straightforward_computation_on_smollm2():
+    from langadapt.model.load import load_model
+    from langadapt.tokenizer.load import load_tokenizer
+
+    tok, model = load_tokenizer("smollm2-135m"), load_model("smollm2-135m", dtype="float32").eval()
+    text = read_text(["embedded:ko-heldout"], "ko", max_chars=700)
+    ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1100  # five windows of 512 at stride 256, the last one ragged
+    fast, scored = score_ids(model, ids, 512, 256, progress=False)
+    ref, _ = score_ids_reference(model, ids, 512, 256)
+    assert scored == len(ids) - 1
+    assert fast == pytest.approx(ref, rel=1e-5)
+
+
+def test_autocast_scoring_is_close_to_exact(tiny):
+    model, tok = tiny
+    ids = [tok.bos_token_id] + tok(TEXT * 2, add_special_tokens=False)["input_ids"]
+    exact, n = score_ids(model, ids, 32, 16, progress=False)
+    mixed, _ = score_ids(model, ids, 32, 16, progress=False, autocast="bfloat16")
+    assert mixed != exact and mixed == pytest.approx(exact, rel=1e-2)
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is left as it was
+    with pytest.raises(LangadaptError, match="autocast must be bfloat16 or float16"):
+        score_ids(model, ids, 32, 16, progress=False, autocast="float64")
 
 
 def test_sliding_window_nll_matches_token_by_token_reference(tiny):
@@ -94,7 +182,7 @@ def test_read_text_joins_records_and_cuts_after_normalisation(tmp_path):
     assert read_text([f], "en", max_chars=14) == "first line\nséc"
 
 
-def test_cli_writes_json_with_max_chars(tiny_llama_dir, tmp_path, capsys):
+def test_cli_writes_json_with_max_chars(tiny_llama_dir, tmp_path, capsys, home):
     f = tmp_path / "t.txt"
     f.write_text((TEXT + "\n") * 3, encoding="utf-8")
     out = tmp_path / "bpc.json"
@@ -117,3 +205,69 @@ def test_real_tibetan_text_read_through_profile(shared_data):
     text = read_text([shared_data / "bo" / "dev-conllu"], "bo", max_chars=2000)
     assert len(text) == 2000 and text.count("\n") > 5
     assert sum(0x0F00 <= ord(c) <= 0x0FFF for c in text) > 1500
+
+
+# ----------------------------------------------------------------------------- score cache
+
+@pytest.fixture
+def model_copy(tiny_llama_dir, tmp_path):
+    import shutil
+    return Path(shutil.copytree(tiny_llama_dir, tmp_path / "model"))
+
+
+def test_a_cached_score_equals_a_fresh_one_and_skips_the_model(home, model_copy, monkeypatch):
+    fresh = score_text_cached(model_copy, TEXT, context=32, stride=16, progress=False)
+    assert fresh["cached"] is False and len(list((home / "scores").glob("*.json"))) == 1
+    monkeypatch.setattr("langadapt.model.load.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    again = score_text_cached(model_copy, TEXT, context=32, stride=16, progress=False)
+    assert again["cached"] is True and {**again, "cached": False} == fresh
+    monkeypatch.undo()
+    monkeypatch.setenv("LANGADAPT_HOME", str(home))
+    recomputed = score_text_cached(model_copy, TEXT, context=32, stride=16, progress=False, cache=False)
+    assert recomputed["cached"] is False
+    for field in ("bits_per_char", "bits_per_byte", "nll_nats", "tokens_scored", "perplexity"):
+        assert recomputed[field] == fresh[field]
+
+
+def test_the_cache_key_follows_weights_text_and_settings(home, model_copy):
+    from safetensors.torch import load_file, save_file
+
+    fingerprint = model_fingerprint(model_copy)
+    assert model_fingerprint(model_copy) == fingerprint  # stable; the second time from the hash memo
+    assert len(list((home / "file-hashes").glob("*.json"))) == len([p for p in model_copy.iterdir() if p.is_file()])
+    key = score_cache_key(fingerprint, TEXT, 32, 16, "float32")
+    for other in (score_cache_key(fingerprint, TEXT + ".", 32, 16, "float32"),
+                  score_cache_key(fingerprint, TEXT, 64, 16, "float32"),
+                  score_cache_key(fingerprint, TEXT, 32, 8, "float32"),
+                  score_cache_key(fingerprint, TEXT, 32, 16, "bfloat16"),
+                  score_cache_key(fingerprint, TEXT, 32, 16, "float32", autocast="bfloat16"),
+                  score_cache_key(fingerprint, TEXT, 32, 16, "float32", device="cuda")):
+        assert other != key
+
+    before = score_text_cached(model_copy, TEXT, context=32, stride=16, progress=False)
+    weights = load_file(str(model_copy / "model.safetensors"))
+    weights["lm_head.weight"][5] += 1.0
+    save_file(weights, str(model_copy / "model.safetensors"), metadata={"format": "pt"})
+    changed = model_fingerprint(model_copy)
+    assert changed != fingerprint
+    after = score_text_cached(model_copy, TEXT, context=32, stride=16, progress=False)
+    assert after["cached"] is False and after["nll_nats"] != before["nll_nats"]
+    assert cached_score(score_cache_key(changed, TEXT, 32, 16, "float32"))["nll_nats"] == after["nll_nats"]
+    (model_copy / "tokenizer_config.json").write_text("{}", encoding="utf-8")  # the tokenizer counts too
+    assert model_fingerprint(model_copy) != changed
+
+
+def test_cli_says_when_the_figure_comes_from_the_cache(home, model_copy, tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT + "\n", encoding="utf-8")
+    argv = ["eval", "bpc", "--model", str(model_copy), "--text", str(f), "--context", "32", "--stride", "16"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "from the score cache" not in first
+    assert main(argv + ["--json", str(tmp_path / "r.json")]) == 0
+    second = capsys.readouterr().out
+    assert "from the score cache" in second and json.loads((tmp_path / "r.json").read_text())["cached"] is True
+    assert [line for line in first.splitlines() if "bits per" in line] == \
+        [line for line in second.splitlines() if "bits per" in line]
+    assert main(argv + ["--no-cache"]) == 0
+    assert "from the score cache" not in capsys.readouterr().out

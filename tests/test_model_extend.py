@@ -269,3 +269,62 @@ def test_new_tokens_reuse_spare_rows_of_a_padded_base(init, extended_dir, tiny_t
     if init == "mean":
         ids = base_pieces(tiny_tok, AutoTokenizer.from_pretrained(extended_dir), 515)
         assert torch.allclose(w[515], old[ids].mean(0), atol=1e-7)
+
+
+def test_fit_output_rows_lowers_the_sample_loss_and_leaves_its_inputs_alone():
+    from langadapt.model.init import fit_output_rows
+
+    torch.manual_seed(0)
+    hidden, old = torch.randn(300, 8), torch.randn(20, 8)
+    targets = torch.randint(0, 23, (300,))  # ids 20..22 are the new tokens
+    start = torch.zeros(3, 8)
+    copies = hidden.clone(), old.clone(), start.clone()
+    rows, figures = fit_output_rows(hidden, targets, old, start, l2=1e-3, max_iter=30)
+
+    def loss(new):
+        logits = hidden @ torch.cat([old, new]).T
+        return torch.nn.functional.cross_entropy(logits, targets).item()
+    assert figures["loss_after"] < figures["loss_before"]
+    assert loss(rows) < loss(start) - 0.05
+    assert figures["loss_before"] == pytest.approx(loss(start), abs=1e-4)  # no L2 term at the start
+    assert all(torch.equal(a, b) for a, b in zip((hidden, old, start), copies))
+    # A new token the sample never shows only loses probability: its row moves against the hidden states' mean.
+    unseen = fit_output_rows(hidden, targets.clamp(max=21), old, start, l2=1e-3, max_iter=30)[0][2]
+    assert (hidden.mean(0) @ unseen).item() < 0
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fit_init_changes_only_new_output_rows(tied, tiny_llama_dir, tiny_llama_tied_dir, extended_dir, tiny_tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_tied_dir if tied else tiny_llama_dir,
+                                                 dtype=torch.float32)
+    ext_tok = AutoTokenizer.from_pretrained(extended_dir)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.lm_head.weight.detach().clone()
+    text = (TIBETAN_SEED_SENTENCE + "\n") * 20
+    old_ids = torch.tensor([tiny_tok("Hello world, hello.", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        old_logits = model(old_ids).logits
+    report = extend_model(model, tiny_tok, ext_tok, init="fit", fit_text=text, fit_tokens=200, progress=False)
+    fit = report["fit"]
+    assert fit["sample_tokens"] == 200 and fit["new_token_share"] > 0
+    assert fit["loss_after"] < fit["loss_before"]
+    w_in, w_out = model.get_input_embeddings().weight, model.lm_head.weight
+    assert torch.equal(w_in[:512], old_in) and torch.equal(w_out[:512], old_out)
+    mean = AutoModelForCausalLM.from_pretrained(tiny_llama_tied_dir if tied else tiny_llama_dir, dtype=torch.float32)
+    extend_model(mean, tiny_tok, ext_tok, init="mean")
+    assert not torch.allclose(w_out[512:], mean.lm_head.weight[512:])
+    if not tied:  # the input rows stay the mean rows
+        assert torch.equal(w_in[512:], mean.get_input_embeddings().weight[512:])
+    with torch.no_grad():  # old text, old rows: the old vocabulary's logits are unchanged
+        assert torch.allclose(model(old_ids).logits[..., :512], old_logits, atol=1e-5)
+
+
+def test_fit_init_needs_a_corpus(tiny_llama_dir, extended_dir, tmp_path, capsys):
+    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(extended_dir),
+                 "--init", "fit", "--out", str(tmp_path / "m")]) == 2
+    assert "--init fit needs training text (--corpus)" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(LangadaptError, match="needs a sample"):
+        extend_model(None, None, None, init="fit")

@@ -73,6 +73,8 @@ class EvalOptions(Options):
     stride: int | None = option(None, help="tokens the scoring window moves by (default: context / 2)")
     prompts: int = option(3, help="held-out instructions answered by each model (sample answers, generation speed)")
     max_new_tokens: int = option(64, help="tokens per sample answer")
+    intermediate: bool = option(True, help="also score the models between steps (after model extend and each "
+                                           "pretrain stage), not only the base and each arm's final model")
 
 
 @dataclass
@@ -180,7 +182,8 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
         steps.append(Step("tokenizer", "tokenizer merge", _section(TokenizerMergeOptions, tok_section, filled, where,
                                                                    "tokenizer"), out / "tokenizer"))
         model = str(out / "model-extended")
-        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, **replace}
+        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, "corpus": corpus, **reading,
+                  **replace}
         steps.append(Step("model", "model extend", _section(ModelExtendOptions, recipe.get("model"), filled, where,
                                                             "model"), Path(model)))
     elif method == "prune":
@@ -227,7 +230,9 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
                          "json": str(out / "eval" / "tokenizers.json"), "plot": str(out / "eval" / "tokenizers.png")}
         steps.append(Step("eval-tokenizers", "tokenizer report", from_mapping(TokenizerReportOptions, report_filled,
                                                                               where), out / "eval" / "tokenizers.json"))
-        for label, path in models:
+        scored = models if evals.intermediate else [(label, path) for label, path in models
+                                                    if path in dict(arms).values()]
+        for label, path in scored:
             result = out / "eval" / f"bpc-{label}.json"
             steps.append(Step(f"eval-bpc-{label}", "eval bpc", EvalBpcOptions(
                 model=path, text=heldout, reading=ReadingOptions(**reading), max_chars=evals.max_chars,

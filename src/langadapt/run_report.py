@@ -99,11 +99,12 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
             figures["tokens_per_char"] = [toks["tokenizers"][0]["tokens_per_char"],
                                           toks["tokenizers"][-1]["tokens_per_char"]]
         untrained = by_name.get("extended") or by_name.get("pruned")
-        if untrained and "adapted" in arm_bpc and "base" in arm_bpc:
+        if "adapted" in arm_bpc and "base" in arm_bpc:
             end, base = arm_bpc["adapted"], arm_bpc["base"]
-            sentence = (f"The model with the new vocabulary starts at {untrained['bits_per_char']:.3f} held-out bits "
-                        f"per character (new rows initialised, untrained) and ends at {end:.3f} after {final}, "
-                        f"{'below' if end < base else 'still above'} the base model's {base:.3f}")
+            start = (f"starts at {untrained['bits_per_char']:.3f} held-out bits per character (new rows initialised, "
+                     f"untrained) and ends" if untrained else "ends")
+            sentence = (f"The adapted model {start} at {end:.3f} held-out bits per character after {final}, "
+                        f"{'below' if end < base else 'above'} the base model's {base:.3f}")
             if "control" in arm_bpc:
                 control = arm_bpc["control"]
                 sentence += (f" and {'below' if end < control else 'above'} the control arm's {control:.3f} (the "

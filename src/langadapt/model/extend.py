@@ -7,14 +7,17 @@ the new rows are written according to `init`:
 
 - `mean` (default): a new token's row is the mean of the base rows of the pieces the *base*
   tokenizer makes of that token's bytes (input rows from the input embedding, output rows
-  from the LM head, separately). Old rows are untouched, so logits over the old vocabulary
-  do not change.
+  from the LM head, separately).
+- `fit`: `mean`, then the new output rows fitted by softmax regression on the frozen model's
+  hidden states over a sample of the training corpus (see `langadapt.model.init`). It lowers the
+  sample's loss but, on the measurements in docs/benchmarks.md, not yet the held-out one.
 - `random`: rows drawn from N(0, initializer_range), as transformers does with `mean_resizing=False`.
 - `hf-default`: transformers' default `mean_resizing=True` (a Gaussian with the old rows'
   mean and 1e-9 times their covariance, i.e. practically the mean of all rows).
 
-Rows added only to reach `pad_to_multiple_of` (no token in the tokenizer) get the mean of
-all base rows, whatever `init` is.
+Every method leaves the old rows untouched, so logits over the old vocabulary do not change
+for text the base tokenizer would cut the same way. Rows added only to reach
+`pad_to_multiple_of` (no token in the tokenizer) get the mean of all base rows, whatever `init` is.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from pathlib import Path
 
 import torch
 
+from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.errors import LangadaptError
+from langadapt.model.init import base_pieces, final_hidden_states, fit_output_rows, mean_rows
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import OutputOptions, write_adaptation_json
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
 
-INIT_METHODS = ("mean", "random", "hf-default")
+INIT_METHODS = ("fit", "mean", "random", "hf-default")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -99,46 +104,22 @@ def tokenizer_hash(path: str | Path) -> str | None:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------- mean init
-
-def base_pieces(base_tokenizer, new_tokenizer, token_id: int) -> list[int]:
-    """Base-tokenizer ids for the text of new token `token_id`.
-
-    A regular vocabulary entry is run through the base tokenizer's own model (BPE, Unigram...)
-    on its raw piece string: a byte-level piece may hold half a UTF-8 character, which decoding
-    would turn into U+FFFD and tokenise wrongly. Added tokens, and tokenizers without a fast
-    backend, are decoded to text and encoded with `add_special_tokens=False`.
-    """
-    piece = new_tokenizer.convert_ids_to_tokens(token_id)
-    added = token_id in getattr(new_tokenizer, "added_tokens_decoder", {})
-    backend = getattr(base_tokenizer, "backend_tokenizer", None)
-    if backend is not None and not added:
-        ids = [t.id for t in backend.model.tokenize(piece)]
-        if ids:
-            return ids
-    text = piece if added else new_tokenizer.convert_tokens_to_string([piece])
-    return base_tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def mean_rows(weight: torch.Tensor, groups: list[list[int]], fallback: torch.Tensor) -> torch.Tensor:
-    """One row per group: the fp32 mean of `weight[group]`, or `fallback` for an empty group."""
-    out = torch.empty(len(groups), weight.shape[1], dtype=torch.float32)
-    for i, ids in enumerate(groups):
-        out[i] = weight[ids].float().mean(0) if ids else fallback
-    return out
-
-
 # ----------------------------------------------------------------------------- surgery
 
 def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
-                 pad_to_multiple_of: int | None = None, seed: int = 0) -> dict:
+                 pad_to_multiple_of: int | None = None, seed: int = 0, fit_text: str | None = None,
+                 fit_tokens: int = 16384, fit_l2: float = 1e-3, progress: bool = True) -> dict:
     """Resize `model` in place for `new_tokenizer` and initialise the new rows; return a report.
 
-    The report holds old/new vocab sizes, tied, init, the number of new tokens, padding rows,
-    and for `mean` how many new tokens had no base pieces (they got the mean of all rows).
+    `fit` needs `fit_text` (training text, never held-out text): its first `fit_tokens` tokens
+    under the new tokenizer are the regression sample. The report holds old/new vocab sizes,
+    tied, init, the number of new tokens, padding rows, for `mean`/`fit` how many new tokens had
+    no base pieces (they got the mean of all rows), and for `fit` the sample and its loss.
     """
     if init not in INIT_METHODS:
         raise LangadaptError(f"unknown init '{init}'; choose one of {', '.join(INIT_METHODS)}")
+    if init == "fit" and not fit_text:
+        raise LangadaptError("init 'fit' needs a sample of the training corpus (--corpus)")
     emb, head = check_resizable(model)
     n_base = check_extends(base_tokenizer, new_tokenizer)
     n_tok = len(new_tokenizer)
@@ -155,7 +136,7 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
     # New tokens get ids n_base..n_tok-1; some may fall on rows the base model already had
     # unused (its embedding padded beyond its tokenizer); those rows are re-initialised too.
     new_ids = list(range(n_base, n_tok))
-    groups = [base_pieces(base_tokenizer, new_tokenizer, i) for i in new_ids] if init == "mean" else []
+    groups = [base_pieces(base_tokenizer, new_tokenizer, i) for i in new_ids] if init in ("mean", "fit") else []
 
     torch.manual_seed(seed)
     model.resize_token_embeddings(max(n_tok, old_rows), pad_to_multiple_of=pad_to_multiple_of,
@@ -169,14 +150,14 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
         # Means over the base tokenizer's rows only: rows beyond it (if any) were never trained.
         in_mean, out_mean = old_in[:n_base].mean(0), old_out[:n_base].mean(0)
         padding = list(range(max(n_tok, old_rows), new_rows))
-        if init == "mean" and new_ids:
+        if init in ("mean", "fit") and new_ids:
             emb.weight[new_ids] = mean_rows(old_in, groups, in_mean).to(emb.weight.dtype)
             if not tied:
                 head.weight[new_ids] = mean_rows(old_out, groups, out_mean).to(head.weight.dtype)
                 if old_bias is not None:
                     head.bias[new_ids] = torch.tensor([old_bias[g].mean() if g else old_bias.mean()
                                                        for g in groups], dtype=head.bias.dtype)
-        elif init != "mean" and new_ids and new_ids[0] < old_rows:
+        elif new_ids and new_ids[0] < old_rows:
             # resize_token_embeddings keeps existing rows, so unused base rows that now hold new
             # tokens must be drawn here the same way as the appended ones.
             reused = list(range(new_ids[0], min(n_tok, old_rows)))
@@ -192,6 +173,8 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                 if old_bias is not None:
                     head.bias[padding] = old_bias.mean().to(head.bias.dtype)
 
+    fit = _fit_new_output_rows(model, new_tokenizer, new_ids, fit_text, fit_tokens, fit_l2, progress) \
+        if init == "fit" and new_ids else None
     return {
         "init": init,
         "tied_embeddings": tied,
@@ -203,10 +186,31 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
         "padding_rows": len(padding),
         "padding_init": "mean of all base rows" if padding else None,
         "pad_to_multiple_of": pad_to_multiple_of,
-        "mean_init_without_base_pieces": sum(1 for g in groups if not g) if init == "mean" else None,
+        "mean_init_without_base_pieces": sum(1 for g in groups if not g) if groups else None,
         "mean_init_pieces_per_token": round(sum(map(len, groups)) / len(groups), 3) if groups else None,
         "seed": seed,
+        **({"fit": fit} if fit else {}),
     }
+
+
+def _fit_new_output_rows(model, tokenizer, new_ids: list[int], text: str, max_tokens: int, l2: float,
+                         progress: bool) -> dict:
+    """Replace the LM head's rows `new_ids` by `fit_output_rows` on the hidden states of `text`."""
+    start = time.perf_counter()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    hidden, targets = final_hidden_states(model, ids, tokenizer.bos_token_id, progress=progress)
+    head = model.get_output_embeddings()
+    first, last = new_ids[0], new_ids[-1] + 1
+    old = torch.cat([head.weight[:first], head.weight[last:]]).detach()
+    # Renumber so the new rows come last, as fit_output_rows expects (rows past the tokenizer stay old).
+    order = torch.cat([torch.arange(first), torch.arange(last, head.weight.shape[0]), torch.arange(first, last)])
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order))
+    rows, figures = fit_output_rows(hidden, position[targets], old, head.weight[first:last].detach(), l2=l2)
+    with torch.no_grad():
+        head.weight[first:last] = rows.to(head.weight.dtype)
+    return {"sample_tokens": len(ids), "new_token_share": round(sum(i >= first for i in ids) / max(len(ids), 1), 3),
+            "l2": l2, **figures, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _draw_rows(init: str, old: torch.Tensor, n: int, config) -> torch.Tensor:
@@ -231,7 +235,14 @@ class ModelExtendOptions(Options):
                             help="the extended tokenizer (e.g. from `tokenizer merge`)")
     init: str = option("mean", choices=INIT_METHODS,
                        help="new rows: 'mean' of the base rows of the pieces the base tokenizer makes of each new "
-                            "token; 'random' N(0, initializer_range); 'hf-default' transformers' mean_resizing")
+                            "token; 'fit' = 'mean', then the new output rows fitted by softmax regression on the "
+                            "model's hidden states over --corpus (needs it; see docs/benchmarks.md for what it "
+                            "buys); 'random' N(0, initializer_range); 'hf-default' transformers' mean_resizing")
+    corpus: list[str] = option([], metavar="PATH", help="training text for --init fit (never held-out text); "
+                                                        + CORPUS_HELP)
+    reading: ReadingOptions = embed(ReadingOptions)
+    fit_tokens: int = option(16384, metavar="N", help="--init fit: the first N tokens of --corpus are the sample")
+    fit_l2: float = option(1e-3, help="--init fit: pull of the fitted rows towards their mean rows")
     pad_to_multiple_of: int | None = option(None, metavar="N", help="pad the vocabulary to a multiple of N rows "
                                                                     "(padding rows get the mean of all base rows)")
     seed: int = option(0, help="seed for the random inits")
@@ -241,6 +252,10 @@ class ModelExtendOptions(Options):
         super().__post_init__()
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise OptionError("pad_to_multiple_of", f"must be a positive integer, got {self.pad_to_multiple_of}")
+        if self.init == "fit" and not self.corpus:
+            raise OptionError("corpus", "--init fit needs training text (--corpus); or choose --init mean")
+        if self.fit_tokens < 2:
+            raise OptionError("fit_tokens", f"must be at least 2, got {self.fit_tokens}")
 
 
 def model_extend_command(opts: ModelExtendOptions) -> int:
@@ -254,8 +269,10 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     check_extends(base_tokenizer, new_tokenizer, name=str(opts.tokenizer))
     model = load_model(str(base_source))
     params_before = sum(p.numel() for p in model.parameters())
+    fit_text = corpus_sample(opts.reading.iter_texts(opts.corpus), opts.fit_tokens) if opts.init == "fit" else None
     report = extend_model(model, base_tokenizer, new_tokenizer, init=opts.init,
-                          pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed)
+                          pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed, fit_text=fit_text,
+                          fit_tokens=opts.fit_tokens, fit_l2=opts.fit_l2)
     params_after = sum(p.numel() for p in model.parameters())
 
     with opts.output.directory() as tmp:
@@ -263,10 +280,21 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
         new_tokenizer.save_pretrained(tmp)
         record = write_adaptation_json(  # the tokenizer's own history continues in the chain
             tmp, "model-extend", inherit_from=opts.tokenizer, base=str(opts.base), base_source=str(base_source),
-            tokenizer=str(opts.tokenizer), tokenizer_sha256=tokenizer_hash(opts.tokenizer),
+            tokenizer=str(opts.tokenizer), corpus=list(opts.corpus) or None, tokenizer_sha256=tokenizer_hash(opts.tokenizer),
             parameters_before=params_before, parameters_after=params_after,
             seconds=round(time.perf_counter() - start, 1), **report)
     summary = {k: record[k] for k in ("init", "tied_embeddings", "old_vocab_size", "new_vocab_size", "new_tokens",
                                       "padding_rows", "parameters_before", "parameters_after", "seconds")}
     print(json.dumps({"out": str(opts.output.out), **summary}, indent=2))
     return 0
+
+
+def corpus_sample(records, max_tokens: int) -> str:
+    """The first records of a corpus, joined with newlines, enough for `max_tokens` tokens (at >= 1 char each)."""
+    parts, chars = [], 0
+    for record in records:
+        parts.append(record)
+        chars += len(record) + 1
+        if chars >= 4 * max_tokens:  # plenty: tokens average under 4 characters in every script
+            break
+    return "\n".join(parts)
