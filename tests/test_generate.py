@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from langadapt.model.generate import (CLOSED, STATES, Sampling, StopStrings, TextStream, Utf8Mask, Utf8Table,
-                                      generate_text, token_bytes, utf8_after)
+                                      decode_complete, generate_text, token_bytes, utf8_after)
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 
 TEXTS = {
@@ -200,6 +200,8 @@ def test_decoder_drops_a_character_cut_in_the_middle(name, request):
     stream = TextStream(tok, table)
     text = "".join(stream.push(i) for i in ids[:cut]) + stream.finish()
     assert "\ufffd" not in text and TEXTS["bo"].startswith(text.lstrip(" ")) and len(text) < len(TEXTS["bo"])
+    assert "\ufffd" in tok.decode(ids[:cut], skip_special_tokens=True)  # what a plain decode shows
+    assert decode_complete(tok, table, ids[:cut]) == text  # what eval generate's answers hold
 
 
 # ----------------------------------------------------------------------------- stop strings

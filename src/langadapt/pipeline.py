@@ -73,6 +73,7 @@ class EvalOptions(Options):
     stride: int | None = option(None, help="tokens the scoring window moves by (default: context / 2)")
     prompts: int = option(3, help="held-out instructions answered by each model (sample answers, generation speed)")
     max_new_tokens: int = option(64, help="tokens per sample answer")
+    repetition_penalty: float = option(1.0, help="repetition penalty of the sample answers (1: none)")
     intermediate: bool = option(True, help="also score the models between steps (after model extend and each "
                                            "pretrain stage), not only the base and each arm's final model")
 
@@ -242,7 +243,8 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
             result = out / "eval" / f"generate-{label}.json"
             steps.append(Step(f"eval-generate-{label}", "eval generate", EvalGenerateOptions(
                 model=path, data=[str(out / "sft" / "heldout.jsonl")], reading=ReadingOptions(**reading),
-                limit=evals.prompts, max_new_tokens=evals.max_new_tokens, json=str(result)), result))
+                limit=evals.prompts, max_new_tokens=evals.max_new_tokens,
+                repetition_penalty=evals.repetition_penalty, json=str(result)), result))
     _sign(steps)
     return steps
 

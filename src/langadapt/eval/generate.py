@@ -16,7 +16,7 @@ import torch
 
 from langadapt.corpus import ReadingOptions
 from langadapt.errors import LangadaptError
-from langadapt.model.generate import Utf8Mask, Utf8Table
+from langadapt.model.generate import decode_complete, Utf8Mask, Utf8Table
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import write_json_atomic
@@ -75,7 +75,7 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
                                  pad_token_id=pad, repetition_penalty=repetition_penalty,
                                  logits_processor=[Utf8Mask(utf8)])
         new = out[0, ids["input_ids"].shape[1]:].tolist()
-        answers.append({"answer": tokenizer.decode(new, skip_special_tokens=True).strip(), "tokens": len(new),
+        answers.append({"answer": decode_complete(tokenizer, utf8, new).strip(), "tokens": len(new),
                         "seconds": time.perf_counter() - start})
     return answers
 

@@ -167,6 +167,17 @@ class Utf8Mask(LogitsProcessor):
 
 # ----------------------------------------------------------------------------- text out
 
+def decode_complete(tokenizer, table: Utf8Table, ids: list[int]) -> str:
+    """`tokenizer.decode(ids, skip_special_tokens=True)` up to the last complete character: a
+    generation cut by the token limit inside a character drops that character's bytes (no U+FFFD)."""
+    state, complete = 0, 0
+    for i, token_id in enumerate(ids):
+        state = table.state_after(state, token_id)
+        if state == 0:
+            complete = i + 1
+    return tokenizer.decode(ids[:complete], skip_special_tokens=True)
+
+
 class TextStream:
     """Token ids in, text out, a character at a time (`tokenizers.decoders.DecodeStream`).
 
