@@ -152,7 +152,8 @@ def test_reading_options_reach_every_step_that_reads_text(tiny_recipe):
     recipe["data"].update(field="body", clean="kangyur")
     steps = plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)
     readers = [s for s in steps if hasattr(s.options, "reading") and s.command != "eval generate"]
-    assert {s.command for s in readers} == {"tokenizer merge", "pretrain", "tokenizer report", "eval bpc"}
+    assert {s.command for s in readers} == {"tokenizer merge", "model extend", "pretrain", "tokenizer report",
+                                               "eval bpc"}
     for step in readers:
         assert (step.options.reading.lang, step.options.reading.field, step.options.reading.clean) == \
             ("ko", "body", "kangyur"), step.name
