@@ -204,14 +204,23 @@ def test_every_example_recipe_passes_dry_run(name, capsys, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("konlpy") is None, reason="the embedded corpus needs konlpy")
-def test_demo_on_a_small_budget(tmp_path, capsys):
-    """The real demo recipe (SmolLM2 + embedded corpus) with 1 training minute in all."""
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--scale", "0.25"]) == 0
-    printed = capsys.readouterr().out
-    assert f"The report is {tmp_path / 'demo' / 'report.md'}" in printed
+def test_demo_on_a_small_budget(tmp_path):
+    """The real demo recipe (SmolLM2 + embedded corpus) on a quarter of its token budgets, every model scored."""
+    from langadapt.demo import DEMO_RECIPE, budget_overrides
+
+    overrides = {**budget_overrides(load_run_recipe(DEMO_RECIPE), 0.25), "eval.intermediate": True}
+    run_recipe(DEMO_RECIPE, out=str(tmp_path / "demo"), overrides=overrides)
     figures = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert figures["tokens_per_char"][1] < 0.5 * figures["tokens_per_char"][0]
     bpc = figures["bits_per_char"]  # training lowers the held-out bits per char of the extended model
     assert bpc["sft"] < bpc["extended"] and bpc["pretrain-lora"] < bpc["extended"]
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "derived from the embedded training text itself" in report
+
+
+def test_demo_dry_run_plans_every_step(tmp_path, capsys):
+    assert main(["demo", "--dry-run", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    for step in ("tokenizer merge", "model extend", "pretrain", "sft", "eval bpc", "eval generate"):
+        assert f"langadapt {step} " in printed, step
+    assert "pretrain-control" in printed and not (tmp_path / "demo" / "report.md").exists()
