@@ -75,6 +75,8 @@ COMMANDS = [
             options_module="langadapt.train.recipe"),
     Command("eval bpc", "langadapt.eval.bpc",
             "bits per character and per byte of a text under a model (comparable across tokenizers)"),
+    Command("eval mc", "langadapt.eval.mc",
+            "multiple-choice accuracy (C-Eval/CMMLU, Ti-MMLU, JSONL), 0/k-shot, answers scored inside the prompt"),
     Command("eval generate", "langadapt.eval.generate",
             "answers of a model to held-out instructions, with generation speed (target-language characters/s)"),
     Command("chat", "langadapt.serve.chat",
