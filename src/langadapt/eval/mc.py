@@ -46,9 +46,10 @@ from pathlib import Path
 import torch
 
 from langadapt.errors import LangadaptError
+from langadapt.eval import set_offline
 from langadapt.model.load import MODEL_HELP, load_model, model_context
 from langadapt.options import Options, OptionError, option
-from langadapt.outputs import write_json_atomic
+from langadapt.outputs import write_json_atomic, write_jsonl_atomic
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
 
@@ -491,12 +492,6 @@ def format_mc_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def set_offline() -> None:
-    """Never reach the Hugging Face hub from an evaluation."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(name, "1")
-
-
 def eval_mc_command(opts: EvalMcOptions) -> int:
     """Multiple-choice accuracy per subject and overall; per-question log-likelihoods to --predictions."""
     set_offline()
@@ -513,9 +508,7 @@ def eval_mc_command(opts: EvalMcOptions) -> int:
                "dtype": opts.dtype, "device": str(next(model.parameters()).device),
                "threads": torch.get_num_threads(), **summary}
     if opts.predictions:
-        tmp = Path(opts.predictions).with_name(Path(opts.predictions).name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, opts.predictions)
+        write_jsonl_atomic(opts.predictions, records)
     if opts.json:
         write_json_atomic(opts.json, summary)
     print(format_mc_table(summary))
