@@ -32,6 +32,7 @@ from langadapt.corpus.embedded import embedded_instructions
 from langadapt.errors import LangadaptError
 from langadapt.eval.bpc import EvalBpcOptions
 from langadapt.eval.generate import EvalGenerateOptions
+from langadapt.eval.mc import EvalMcOptions
 from langadapt.model.extend import ModelExtendOptions
 from langadapt.model.prune import ModelPruneOptions
 from langadapt.options import (Options, OptionError, embed, from_mapping, option, read_yaml_mapping, to_argv,
@@ -73,6 +74,12 @@ class EvalOptions(Options):
     stride: int | None = option(None, help="tokens the scoring window moves by (default: context / 2)")
     prompts: int = option(3, help="held-out instructions answered by each model (sample answers, generation speed)")
     max_new_tokens: int = option(64, help="tokens per sample answer")
+    mc: list[str] = option([], help="multiple-choice files or folders (eval mc) asked of every arm")
+    mc_shots: int = option(0, help="shots per multiple-choice question (from the dev split)")
+    mc_preset: str = option("cmmlu", help="multiple-choice prompt preset (eval mc --preset)")
+    mc_limit: int = option(0, help="multiple-choice questions per subject (0: all)")
+    tasks: list[str] = option([], help="generation task files (eval generate: ROUGE-L / exact match per task)")
+    tasks_limit: int = option(20, help="answers per generation task")
 
 
 @dataclass
@@ -238,7 +245,26 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
             steps.append(Step(f"eval-generate-{label}", "eval generate", EvalGenerateOptions(
                 model=path, data=[str(out / "sft" / "heldout.jsonl")], reading=ReadingOptions(**reading),
                 limit=evals.prompts, max_new_tokens=evals.max_new_tokens, json=str(result)), result))
+    steps += eval_suite_steps(evals, arms, reading, out)
     _sign(steps)
+    return steps
+
+
+def eval_suite_steps(evals: EvalOptions, arms: list[tuple[str, str]], reading: dict, out: Path) -> list[Step]:
+    """`eval mc` (eval.mc) and `eval generate` on task files (eval.tasks) for each arm (base, adapted, control)."""
+    steps = []
+    for label, path in arms:
+        if evals.mc:
+            result = out / "eval" / f"mc-{label}.json"
+            steps.append(Step(f"eval-mc-{label}", "eval mc", EvalMcOptions(
+                model=path, data=list(evals.mc), shots=evals.mc_shots, preset=evals.mc_preset, limit=evals.mc_limit,
+                json=str(result), predictions=str(result.with_suffix(".jsonl"))), result))
+        if evals.tasks:
+            result = out / "eval" / f"tasks-{label}.json"
+            steps.append(Step(f"eval-tasks-{label}", "eval generate", EvalGenerateOptions(
+                model=path, data=list(evals.tasks), reading=ReadingOptions(**reading), limit=evals.tasks_limit,
+                max_new_tokens=evals.max_new_tokens, json=str(result), predictions=str(result.with_suffix(".jsonl"))),
+                result))
     return steps
 
 
