@@ -17,7 +17,8 @@ Prompts (`--preset`), named after their source so figures compare with published
   chat prompt: with shots "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\\n\\n" (the English file
   name, as its eval.py passes it), shots "Q\\nA. a\\n...\\n答案：X\\n\\n"; zero-shot the question alone.
 - `lm-eval`: lm-evaluation-harness 0.4.x `cmmlu`: description as `cmmlu`, shots "Q.strip()\\nA. a\\n...\\n答案： X"
-  joined and followed by "\\n\\n", the continuation " X" (its target delimiter is a space), no BOS.
+  each followed by "\\n\\n", the continuation " X" (its target delimiter is a space); special tokens as
+  the tokenizer adds them (lm-eval >= 0.4.9; 0.4.0-0.4.8 added no BOS unless `add_bos_token=True`).
 
 Shots are the first k of the dev split in order. When prompt + answer would exceed `--max-length`
 tokens, whole shots are dropped, the longest first (as CMMLU does), and counted; a question that does
@@ -253,8 +254,7 @@ PRESETS = {p.name: p for p in [
            "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n", "", "\n答案：",
            header_zero_shot=False, subject_in_chinese=False),
     Preset("lm-eval", "EleutherAI/lm-evaluation-harness 0.4.x lm_eval/tasks/cmmlu (_default_template_yaml, "
-           "_generate_configs.py)", CMMLU_HEADER, "", "\n答案：", answer_prefix=" ", strip_question=True,
-           add_special_tokens=False),
+           "_generate_configs.py)", CMMLU_HEADER, "", "\n答案：", answer_prefix=" ", strip_question=True),
 ]}
 
 
