@@ -92,6 +92,14 @@ def test_batched_answers_equal_one_at_a_time(tiny):
     assert all(1 <= a["tokens"] <= 8 for a in one)
 
 
+def test_answers_cut_by_the_token_limit_keep_whole_characters(tiny):
+    model, tok = tiny
+    prompts = [[{"role": "user", "content": "모든 국민은 법 앞에 평등하다. 대한민국"}]]
+    for limit in range(1, 9):
+        [answer] = generate_answers(model, tok, BUILTIN_TEMPLATES["chatml"], prompts, limit)
+        assert "\ufffd" not in answer["answer"] and answer["tokens"] <= limit
+
+
 def test_eval_generate_command_scores_tasks(tiny_llama_dir, tmp_path, capsys):
     data = tmp_path / "tasks.jsonl"
     rows = [{"instruction": f"q{i}", "output": "Paris", "task": "qa"} for i in range(3)]

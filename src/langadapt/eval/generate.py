@@ -83,7 +83,8 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
     """Greedy answers to `prompts` (in their order), each with its token count and its share of the seconds.
 
     Prompts are generated `batch_size` at a time, sorted by length and left-padded; each answer ends
-    at its first stop token (EOS or the template's end of turn), which counts as a generated token."""
+    at its first stop token (EOS or the template's end of turn), which counts as a generated token, and
+    is decoded up to its last complete character (never a U+FFFD for bytes cut by the token limit)."""
     from tqdm import tqdm
 
     stops = stop_token_ids(tokenizer, template)
@@ -112,8 +113,12 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
         for row, i in enumerate(batch):
             new = out[row, width:].tolist()
             end = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
-            answers[i] = {"answer": tokenizer.decode(new[:end], skip_special_tokens=True).strip(), "tokens": end,
-                          "seconds": seconds / len(batch)}
+            complete, state = 0, 0  # a generation cut by the token limit inside a character drops its bytes
+            for k, token in enumerate(new[:end]):
+                state = utf8.state_after(state, token)
+                complete = k + 1 if state == 0 else complete
+            answers[i] = {"answer": tokenizer.decode(new[:complete], skip_special_tokens=True).strip(),
+                          "tokens": end, "seconds": seconds / len(batch)}
         bar.update(len(batch))
     bar.close()
     return answers
