@@ -32,11 +32,11 @@ class Command:
 
     @property
     def options_name(self) -> str:
-        return "".join(w.capitalize() for w in self.words.split()) + "Options"
+        return "".join(part.capitalize() for w in self.words.split() for part in w.split("-")) + "Options"
 
     @property
     def function_name(self) -> str:
-        return "_".join(self.words.split()) + "_command"
+        return "_".join(self.words.replace("-", "_").split()) + "_command"
 
     def options_class(self) -> type:
         return getattr(importlib.import_module(self.options_module or self.module), self.options_name)
@@ -75,6 +75,10 @@ COMMANDS = [
             options_module="langadapt.train.recipe"),
     Command("eval bpc", "langadapt.eval.bpc",
             "bits per character and per byte of a text under a model (comparable across tokenizers)"),
+    Command("eval mc", "langadapt.eval.mc",
+            "multiple-choice accuracy (C-Eval/CMMLU, Ti-MMLU, JSONL), 0/k-shot, answers scored inside the prompt"),
+    Command("eval export-lm-eval", "langadapt.eval.export_lm_eval",
+            "write lm-evaluation-harness task YAMLs for the eval mc files (same prompt preset), for GPU users"),
     Command("eval generate", "langadapt.eval.generate",
             "answers of a model to held-out instructions, with generation speed (target-language characters/s)"),
     Command("chat", "langadapt.serve.chat",

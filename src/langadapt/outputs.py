@@ -73,6 +73,14 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     tmp.replace(path)
 
 
+def write_jsonl_atomic(path: str | os.PathLike, records: list) -> None:
+    """Write one JSON object per line to `path` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

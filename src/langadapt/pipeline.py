@@ -32,6 +32,7 @@ from langadapt.corpus.embedded import embedded_instructions
 from langadapt.errors import LangadaptError
 from langadapt.eval.bpc import EvalBpcOptions
 from langadapt.eval.generate import EvalGenerateOptions
+from langadapt.eval.mc import EvalMcOptions
 from langadapt.model.extend import ModelExtendOptions
 from langadapt.model.prune import ModelPruneOptions
 from langadapt.options import (Options, OptionError, embed, from_mapping, option, read_yaml_mapping, to_argv,
@@ -76,6 +77,12 @@ class EvalOptions(Options):
     repetition_penalty: float = option(1.0, help="repetition penalty of the sample answers (1: none)")
     intermediate: bool = option(True, help="also score the models between steps (after model extend and each "
                                            "pretrain stage), not only the base and each arm's final model")
+    mc: list[str] = option([], help="multiple-choice files or folders (eval mc) asked of every arm")
+    mc_shots: int = option(0, help="shots per multiple-choice question (from the dev split)")
+    mc_preset: str = option("cmmlu", help="multiple-choice prompt preset (eval mc --preset)")
+    mc_limit: int = option(0, help="multiple-choice questions per subject (0: all)")
+    tasks: list[str] = option([], help="generation task files (eval generate: ROUGE-L / exact match per task)")
+    tasks_limit: int = option(20, help="answers per generation task")
 
 
 @dataclass
@@ -245,7 +252,26 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
                 model=path, data=[str(out / "sft" / "heldout.jsonl")], reading=ReadingOptions(**reading),
                 limit=evals.prompts, max_new_tokens=evals.max_new_tokens,
                 repetition_penalty=evals.repetition_penalty, json=str(result)), result))
+    steps += eval_suite_steps(evals, arms, reading, out)
     _sign(steps)
+    return steps
+
+
+def eval_suite_steps(evals: EvalOptions, arms: list[tuple[str, str]], reading: dict, out: Path) -> list[Step]:
+    """`eval mc` (eval.mc) and `eval generate` on task files (eval.tasks) for each arm (base, adapted, control)."""
+    steps = []
+    for label, path in arms:
+        if evals.mc:
+            result = out / "eval" / f"mc-{label}.json"
+            steps.append(Step(f"eval-mc-{label}", "eval mc", EvalMcOptions(
+                model=path, data=list(evals.mc), shots=evals.mc_shots, preset=evals.mc_preset, limit=evals.mc_limit,
+                json=str(result), predictions=str(result.with_suffix(".jsonl"))), result))
+        if evals.tasks:
+            result = out / "eval" / f"tasks-{label}.json"
+            steps.append(Step(f"eval-tasks-{label}", "eval generate", EvalGenerateOptions(
+                model=path, data=list(evals.tasks), reading=ReadingOptions(**reading), limit=evals.tasks_limit,
+                max_new_tokens=evals.max_new_tokens, json=str(result), predictions=str(result.with_suffix(".jsonl"))),
+                result))
     return steps
 
 

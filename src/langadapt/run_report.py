@@ -138,6 +138,7 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
     if data.get("instructions_note"):
         lines += [str(data["instructions_note"]).strip(), ""]
     lines += _samples_section(generate, figures)
+    lines += eval_suite_section(steps, figures)
     lines += ["## Steps", "", "Each step is a `langadapt` command; re-run one by hand with:", "", "```"]
     lines += [s.text() for s in steps] + ["```", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
@@ -180,6 +181,47 @@ def _training_section(steps, out: Path, figures: dict) -> list[str]:
         lines += [f"Instruction data: {ex['kept']:,} training examples ({ex['prompt_cut']} with the prompt cut, "
                   f"{ex['answer_cut']} with the answer cut, {ex['dropped']} dropped), "
                   f"{sft['heldout_examples']['kept']:,} held out; template `{sft['template']}`.", ""]
+    return lines
+
+
+def _arm_results(steps, prefix: str) -> dict:
+    """{arm: result JSON} of the steps named prefix + arm that wrote one, in ARMS order."""
+    found = {s.name.removeprefix(prefix): _load(s.output) for s in steps if s.name.startswith(prefix)}
+    return {a: found[a] for a in ARMS if found.get(a)}
+
+
+def eval_suite_section(steps, figures: dict) -> list[str]:
+    """Multiple-choice accuracy per subject and generation scores per task, one column per arm."""
+    lines = []
+    mc = _arm_results(steps, "eval-mc-")
+    if mc:
+        arms, first = list(mc), next(iter(mc.values()))
+        lines += ["## Multiple choice", "",
+                  f"Accuracy % ± standard error, {first['shots']}-shot, preset `{first['preset']}`; answers scored by "
+                  "log-likelihood as tokenized inside the prompt.", "",
+                  "| subject | n | chance | " + " | ".join(arms) + " |", "|---" * (len(arms) + 3) + "|"]
+        for subject in [*first["subjects"], "overall"]:
+            cells = [(r["overall"] if subject == "overall" else r["subjects"].get(subject)) for r in mc.values()]
+            ref = cells[0]
+            lines.append(f"| {subject} | {ref['n']} | {_fmt(ref['chance'], 1)} | "
+                         + " | ".join(f"{c['accuracy']:.1f} ± {c['stderr']:.1f}" if c else "-" for c in cells) + " |")
+        lines += ["", "Questions/s: " + ", ".join(f"{a} {_fmt(r.get('questions_per_second'), 2)}"
+                                                 for a, r in mc.items()), ""]
+        figures["mc"] = {a: {"overall": r["overall"], "subjects": r["subjects"]} for a, r in mc.items()}
+    tasks = _arm_results(steps, "eval-tasks-")
+    if tasks:
+        arms, first = list(tasks), next(iter(tasks.values()))
+        lines += ["## Generation tasks", "",
+                  f"ROUGE-L F1 x 100 in {first['lang']} units ({first['units']}), exact match x 100 for "
+                  "classification; Avg is the unweighted mean over tasks.", "",
+                  "| task | n | metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 3) + "|"]
+        for task, ref in first["tasks"].items():
+            lines.append(f"| {task} | {ref['n']} | {ref['metric']} | "
+                         + " | ".join(_fmt((r["tasks"].get(task) or {}).get("score"), 2) for r in tasks.values()) + " |")
+        lines.append("| Avg | | | " + " | ".join(_fmt(r["Avg"], 2) for r in tasks.values()) + " |")
+        lines += ["", "Generation speed (target-language characters/s): "
+                  + ", ".join(f"{a} {_fmt(r.get('target_chars_per_second'), 1)}" for a, r in tasks.items()), ""]
+        figures["tasks"] = {a: {"tasks": r["tasks"], "Avg": r["Avg"]} for a, r in tasks.items()}
     return lines
 
 

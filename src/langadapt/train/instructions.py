@@ -52,6 +52,7 @@ class InstructionStats:
     skipped: int = 0          # bad records skipped (only with skip_bad)
     skipped_examples: list[str] = field(default_factory=list)  # first 5, "file:line: reason"
     formats: dict[str, str] = field(default_factory=dict)      # file path -> format
+    tasks: list[str | None] = field(default_factory=list)      # per conversation: its record's "task" (or "kind")
 
 
 def detect_format(record: dict) -> str | None:
@@ -277,6 +278,8 @@ def read_conversations(paths, skip_bad: bool = False, fmt: str = "auto") -> tupl
                 if reason is None:
                     try:
                         conversations.append(_convert(record, file_fmt))
+                        task = record.get("task", record.get("kind"))
+                        stats.tasks.append(None if task is None else str(task))
                         good += 1
                         continue
                     except ValueError as e:
