@@ -1,0 +1,158 @@
+"""`langadapt export gguf`: the file transformers and llama.cpp read back, with the same logits and ids.
+
+Tests marked `llama_cpp` load the file in llama.cpp (the `llama-cpp-python` bindings, extra `gguf`);
+they skip with the reason when it is not installed. The others check the file with transformers'
+own GGUF reader and the `gguf` package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from langadapt.cli import main
+from langadapt.errors import LangadaptError
+from langadapt.export.gguf import ADAPTATION_KEY, EXPORT_CHECK_TEXTS, permute_qk
+from train_fixtures import NEW_TOKENS, extended_tiny_dir, extended_tiny_tied_dir, train_corpus  # noqa: F401
+
+try:
+    import llama_cpp  # noqa: F401
+    HAVE_LLAMA_CPP = True
+except ImportError:
+    HAVE_LLAMA_CPP = False
+needs_llama_cpp = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama-cpp-python is not installed "
+                                                                "(pip install 'langadapt[gguf]'; see the README)")
+IDS = torch.tensor([[1, 40, 200, 300, 7, 9, 2, 100, 511]])
+
+
+def _export(model, out: Path, *extra) -> Path:
+    assert main(["--debug", "export", "gguf", str(model), "--out", str(out), *extra]) == 0
+    return out
+
+
+def _gguf_fields(path: Path) -> dict:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    fields = {}
+    for name, field in reader.fields.items():
+        if field.types and field.types[0] == gguf.GGUFValueType.STRING and len(field.types) == 1:
+            fields[name] = bytes(field.parts[field.data[0]]).decode("utf-8")
+        elif field.types and field.types[0] != gguf.GGUFValueType.ARRAY:
+            fields[name] = field.parts[field.data[0]].tolist()[0]
+    fields["tensors"] = {t.name: t.tensor_type.name for t in reader.tensors}
+    return fields
+
+
+def _logits(model, ids=IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(ids).logits
+
+
+def test_permute_qk_interleaves_rotary_halves():
+    w = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3).numpy()
+    p = permute_qk(w, 2)
+    # llama.cpp interleaves each head's two rotary halves: rows (0,2,1,3) within a head of 4
+    assert p[:4, 0].tolist() == [0.0, 6.0, 3.0, 9.0] and p[4:, 0].tolist() == [12.0, 18.0, 15.0, 21.0]
+
+
+@pytest.mark.parametrize("kind, tolerance", [("f32", 1e-5), ("f16", 2e-2), ("q8_0", 5e-2)])
+def test_transformers_reads_back_the_same_model(tiny_llama_dir, tmp_path, kind, tolerance):
+    out = _export(tiny_llama_dir, tmp_path / f"tiny-{kind}.gguf", "--type", kind, "--skip-check")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32)
+    error = (_logits(back) - _logits(AutoModelForCausalLM.from_pretrained(tiny_llama_dir))).abs().max().item()
+    assert error < tolerance
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    base = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    for text in EXPORT_CHECK_TEXTS[:4]:
+        assert tok.encode(text, add_special_tokens=False) == base.encode(text, add_special_tokens=False)
+
+    fields = _gguf_fields(out)
+    assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "gpt2"  # tokenizers' ByteLevel(use_regex) is GPT-2's rule
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert fields["tokenizer.chat_template"] == base.chat_template
+    assert "output.weight" in fields["tensors"]  # untied head written
+    assert fields["tensors"]["blk.0.attn_q.weight"] == {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}[kind]
+    assert fields["tensors"]["blk.0.attn_norm.weight"] == "F32"
+    lineage = json.loads(fields[ADAPTATION_KEY])
+    assert lineage["step"] == "export-gguf" and lineage["type"] == kind
+
+
+def test_tied_head_is_not_written_and_lineage_is_carried(extended_tiny_tied_dir, tmp_path):
+    out = _export(extended_tiny_tied_dir, tmp_path / "ext.gguf", "--type", "f32", "--skip-check")
+    fields = _gguf_fields(out)
+    assert "output.weight" not in fields["tensors"]
+    lineage = json.loads(fields[ADAPTATION_KEY])
+    assert [r["step"] for r in lineage["history"]][-1] == "model-extend"
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32)
+    ids = torch.tensor([[1, 40, 512, 513, 514, 515, 2]])
+    assert (_logits(back, ids) - _logits(AutoModelForCausalLM.from_pretrained(extended_tiny_tied_dir), ids)
+            ).abs().max() < 1e-5
+
+
+def test_bad_input_gives_clear_errors(tiny_llama_dir, tmp_path):
+    existing = tmp_path / "x.gguf"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(LangadaptError, match="already exists; choose another --out or pass --overwrite"):
+        main(["--debug", "export", "gguf", str(tiny_llama_dir), "--out", str(existing), "--skip-check"])
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(LangadaptError, match="--type must be one of .*q4_k_m.*got 'q4_k_x'"):
+        main(["--debug", "export", "gguf", str(tiny_llama_dir), "--out", str(tmp_path / "y.gguf"),
+              "--type", "q4_k_x"])
+    with pytest.raises(LangadaptError, match="--out must be a .gguf file name"):
+        main(["--debug", "export", "gguf", str(tiny_llama_dir), "--out", str(tmp_path / "y.bin")])
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512)).save_pretrained(gpt2)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(gpt2)
+    with pytest.raises(LangadaptError, match="architecture GPT2LMHeadModel is not supported by `export gguf`"):
+        main(["--debug", "export", "gguf", str(gpt2), "--out", str(tmp_path / "g.gguf"), "--skip-check"])
+    assert not list(tmp_path.glob("*.gguf.tmp-*")) and not (tmp_path / "g.gguf").exists()
+
+
+def test_adapter_is_merged_and_another_base_is_refused(extended_tiny_dir, extended_tiny_tied_dir, train_corpus,
+                                                       tmp_path):
+    assert main(["pretrain", "--model", str(extended_tiny_dir), "--corpus", str(train_corpus),
+                 "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--stage", "lora",
+                 "--block-size", "32", "--batch-size", "2", "--max-steps", "2", "--save-steps", "100",
+                 "--eval-steps", "0", "--lora-r", "4", "--lora-alpha", "8", "--learning-rate", "5e-2",
+                 "--warmup-ratio", "0", "--gradient-checkpointing", "false", "--progress", "false"]) == 0
+    adapter = tmp_path / "run" / "adapter"
+    out = _export(extended_tiny_dir, tmp_path / "merged.gguf", "--adapter", str(adapter), "--type", "f32",
+                  "--skip-check")
+    from langadapt.train.adapter import merge_adapter
+    merged = merge_adapter(AutoModelForCausalLM.from_pretrained(extended_tiny_dir), adapter)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32)
+    assert (_logits(back) - _logits(merged)).abs().max() < 1e-4
+    lineage = json.loads(_gguf_fields(out)[ADAPTATION_KEY])
+    assert lineage["history"][-1]["step"] == "pretrain-lora"
+    with pytest.raises(LangadaptError, match="trained with untied embeddings but this base has tied ones"):
+        main(["--debug", "export", "gguf", str(extended_tiny_tied_dir), "--adapter", str(adapter),
+              "--out", str(tmp_path / "wrong.gguf"), "--skip-check"])
+    assert not (tmp_path / "wrong.gguf").exists()
+
+
+# ----------------------------------------------------------------------------- llama.cpp itself
+
+@needs_llama_cpp
+def test_llama_cpp_tokenises_as_transformers_with_added_tokens(extended_tiny_dir, tmp_path):
+    out = _export(extended_tiny_dir, tmp_path / "ext.gguf", "--type", "f16")  # the export's own check passed
+    from langadapt.export.gguf import LlamaCppVocab, compare_tokenizers
+    tok = AutoTokenizer.from_pretrained(extended_tiny_dir)
+    texts = EXPORT_CHECK_TEXTS + [f"{w} and {w}." for w in NEW_TOKENS] + ["<|im_start|>user\nhi<|im_end|>"]
+    with LlamaCppVocab(out) as vocab:
+        result = compare_tokenizers(tok, vocab, texts)
+    assert result["mismatches"] == 0, result["first_difference"]
+
+
+@needs_llama_cpp
+def test_quantised_by_llama_cpp(tiny_llama_dir, tmp_path):
+    out = _export(tiny_llama_dir, tmp_path / "tiny-q4_0.gguf", "--type", "q4_0")
+    fields = _gguf_fields(out)
+    assert fields["general.file_type"] == 2 and fields["tensors"]["blk.0.attn_q.weight"] == "Q4_0"
+    assert json.loads(fields[ADAPTATION_KEY])["type"] == "q4_0"
