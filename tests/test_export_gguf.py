@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.export.gguf import ADAPTATION_KEY, EXPORT_CHECK_TEXTS, permute_qk
+from conftest import TIBETAN_SEED_SENTENCE
 from train_fixtures import NEW_TOKENS, extended_tiny_dir, extended_tiny_tied_dir, train_corpus  # noqa: F401
 
 try:
@@ -156,3 +157,49 @@ def test_quantised_by_llama_cpp(tiny_llama_dir, tmp_path):
     fields = _gguf_fields(out)
     assert fields["general.file_type"] == 2 and fields["tensors"]["blk.0.attn_q.weight"] == "Q4_0"
     assert json.loads(fields[ADAPTATION_KEY])["type"] == "q4_0"
+
+
+# ----------------------------------------------------------------------------- byte-level BPE extension rules
+
+TIBETAN_LINES = [TIBETAN_SEED_SENTENCE, "བོད་ཀྱི་སྐད་ཡིག་ནི་རྒྱ་ཆེ།", "ཀ་ཁ་ག་ང་། ཨོཾ་མ་ཎི་པདྨེ་ཧཱུྃ༔",
+                 "ཁྱོད་ཀྱི་མིག་དག་སྔོན་པོ་ཡིན། ང་ཚོ་བོད་པ་ཡིན།", "སྐད་ཡིག་གི་རིག་གཞུང་ནི་གལ་ཆེན་པོ་ཡིན།"]
+
+
+@pytest.fixture(scope="module", params=["script-runs", "qwen35"])
+def tibetan_extended(request, tiny_llama_dir, tmp_path_factory):
+    """`tiny_llama_dir` with 40 Tibetan tokens merged by `tokenizer merge --pre-tokenizer RULE`, then extended."""
+    tmp = tmp_path_factory.mktemp(f"bo-{request.param}")
+    corpus = tmp / "bo.txt"
+    corpus.write_text("\n".join(TIBETAN_LINES * 20) + "\n", encoding="utf-8")
+    assert main(["tokenizer", "merge", "--base", str(tiny_llama_dir), "--corpus", str(corpus), "--vocab-size", "40",
+                 "--lang", "bo", "--pre-tokenizer", request.param, "--out", str(tmp / "tok")]) == 0
+    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(tmp / "tok"),
+                 "--out", str(tmp / "model")]) == 0
+    return request.param, tmp / "model"
+
+
+def test_script_runs_tokenizer_is_refused_and_the_llama_cpp_rule_is_named(tibetan_extended, tiny_llama_dir, tmp_path):
+    rule, model = tibetan_extended
+    out = tmp_path / "bo.gguf"
+    if rule == "script-runs":
+        with pytest.raises(LangadaptError, match="script-runs pre-tokenizer .* llama.cpp cannot reproduce.*"
+                                                 "--pre-tokenizer qwen35"):
+            main(["--debug", "export", "gguf", str(model), "--out", str(out), "--skip-check"])
+        assert not out.exists()
+        return
+    _export(model, out, "--type", "f32", "--skip-check")
+    assert _gguf_fields(out)["tokenizer.ggml.pre"] == "qwen35"
+    tok, base = AutoTokenizer.from_pretrained(model), AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert len(tok.tokenize(TIBETAN_SEED_SENTENCE)) < len(base.tokenize(TIBETAN_SEED_SENTENCE)) / 2  # new tokens fire
+
+
+@needs_llama_cpp
+def test_llama_cpp_rule_gives_exact_parity_in_llama_cpp(tibetan_extended, tmp_path):
+    rule, model = tibetan_extended
+    if rule != "qwen35":
+        pytest.skip("script-runs is refused (tested above)")
+    _export(model, tmp_path / "bo.gguf", "--type", "f16")  # raises on any check-set difference
+    from langadapt.export.gguf import LlamaCppVocab, compare_tokenizers
+    with LlamaCppVocab(tmp_path / "bo.gguf") as vocab:
+        result = compare_tokenizers(AutoTokenizer.from_pretrained(model), vocab, TIBETAN_LINES * 2)
+    assert result["mismatches"] == 0, result["first_difference"]

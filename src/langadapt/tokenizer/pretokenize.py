@@ -182,3 +182,19 @@ def llama_cpp_pre_tokenizer(name: str) -> dict:
     return {"type": "Sequence", "pretokenizers": [
         _split(SPLIT_PATTERNS[name]),
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+PRE_TOKENIZER_RULES = ("script-runs",) + MARK_KEEPING_RULES
+
+
+def extended_pre_tokenizer(pre: dict | None, profile, rule: str = "script-runs") -> tuple[dict, str]:
+    """(new pre-tokenizer dict, its split regex) of a byte-level base extended with `rule`:
+    "script-runs" keeps target-script runs together and other text as the base cut it
+    (`script_aware_pre_tokenizer`); a llama.cpp rule (e.g. "qwen35") replaces the base's rule for
+    all text with one llama.cpp implements, so an exported GGUF tokenises as transformers does."""
+    if rule == "script-runs":
+        return script_aware_pre_tokenizer(pre, profile)
+    if rule not in SPLIT_PATTERNS:
+        raise LangadaptError(f"unknown pre-tokenizer rule {rule!r}; choose one of {', '.join(PRE_TOKENIZER_RULES)}")
+    target_codepoints(profile)  # the same clear error for a profile without a script
+    return llama_cpp_pre_tokenizer(rule), SPLIT_PATTERNS[rule]
