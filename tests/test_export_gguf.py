@@ -196,10 +196,146 @@ def test_script_runs_tokenizer_is_refused_and_the_llama_cpp_rule_is_named(tibeta
 @needs_llama_cpp
 def test_llama_cpp_rule_gives_exact_parity_in_llama_cpp(tibetan_extended, tmp_path):
     rule, model = tibetan_extended
-    if rule != "qwen35":
-        pytest.skip("script-runs is refused (tested above)")
+    if rule == "script-runs":  # written with GPT-2's rule, llama.cpp cuts Tibetan at every vowel sign
+        with pytest.raises(LangadaptError, match=r"llama.cpp tokenises \d+ of \d+ check_set texts differently.*"
+                                                 "Nothing was written.*--pre-tokenizer qwen35"):
+            main(["--debug", "export", "gguf", str(model), "--out", str(tmp_path / "bo.gguf")])
+        assert not (tmp_path / "bo.gguf").exists()
+        return
     _export(model, tmp_path / "bo.gguf", "--type", "f16")  # raises on any check-set difference
     from langadapt.export.gguf import LlamaCppVocab, compare_tokenizers
     with LlamaCppVocab(tmp_path / "bo.gguf") as vocab:
         result = compare_tokenizers(AutoTokenizer.from_pretrained(model), vocab, TIBETAN_LINES * 2)
     assert result["mismatches"] == 0, result["first_difference"]
+
+
+# ----------------------------------------------------------------------------- SentencePiece bases (real data)
+
+def _tiny_llama_around(tokenizer_dir: Path, out: Path) -> Path:
+    """A random tiny Llama (tied) whose vocabulary is the tokenizer at `tokenizer_dir`, with its tokenizer.model."""
+    import shutil
+
+    from conftest import _save_tiny_llama
+
+    _save_tiny_llama(out, tokenizer_dir, tied=True)
+    shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama2_tiny(shared_data, tmp_path_factory):
+    """A tiny Llama with Llama-2's tokenizer (32,000 SentencePiece pieces) and a chat template."""
+    import shutil
+
+    from langadapt.tokenizer.load import load_tokenizer
+
+    tmp = tmp_path_factory.mktemp("llama2")
+    tok = load_tokenizer(shared_data / "tokenizers" / "llama2" / "tokenizer.model")
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp / "tok")
+    shutil.copy(shared_data / "tokenizers" / "llama2" / "tokenizer.model", tmp / "tok" / "tokenizer.model")
+    return _tiny_llama_around(tmp / "tok", tmp / "model")
+
+
+@pytest.fixture(scope="module")
+def llama2_tibetan_tiny(llama2_tiny, shared_data, tmp_path_factory):
+    """The tiny Llama-2 model with 2,000 Tibetan pieces merged (`tokenizer merge` + `model extend`)."""
+    tmp = tmp_path_factory.mktemp("llama2-bo")
+    files = sorted((shared_data / "bo" / "news-tibettimes-2016").iterdir())[:200]
+    assert main(["tokenizer", "merge", "--base", str(llama2_tiny), "--corpus", *map(str, files), "--vocab-size",
+                 "2000", "--lang", "bo", "--out", str(tmp / "tok")]) == 0
+    assert main(["model", "extend", "--base", str(llama2_tiny), "--tokenizer", str(tmp / "tok"),
+                 "--out", str(tmp / "model")]) == 0
+    return tmp / "model"
+
+
+@needs_llama_cpp
+def test_llama2_vocab_passes_llama_cpps_own_vocab_test(llama2_tiny, shared_data, tmp_path):
+    """The published llama.cpp tokenizer test (ggml-vocab-llama-spm.gguf.inp/.out) on our Llama-2 export."""
+    from langadapt.export.gguf import LlamaCppVocab
+
+    out = _export(llama2_tiny, tmp_path / "llama2.gguf", "--type", "f16")
+    fields = _gguf_fields(out)
+    assert (fields["tokenizer.ggml.model"], fields["tokenizer.ggml.pre"]) == ("llama", "default")
+    assert (fields["tokenizer.ggml.add_bos_token"], fields["tokenizer.ggml.add_eos_token"]) == (True, False)
+    folder = shared_data / "tokenizers" / "llama.cpp-vocab"
+    inputs = (folder / "ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = (folder / "ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8").split("\n")
+    cases = [(text, [int(i) for i in ids.split()]) for text, ids in zip(inputs[:-1], expected)]
+    assert len(cases) == 46
+    with LlamaCppVocab(out) as vocab:
+        assert [vocab.tokenize(text) for text, _ in cases] == [ids for _, ids in cases]
+    tok = AutoTokenizer.from_pretrained(llama2_tiny)
+    assert [tok.encode(text, add_special_tokens=False) for text, _ in cases] == [ids for _, ids in cases]
+
+
+@needs_llama_cpp
+def test_llama2_with_tibetan_pieces_is_exact_on_all_of_dev_conllu(llama2_tibetan_tiny, shared_data, tmp_path):
+    from langadapt.corpus import iter_texts
+    from langadapt.export.gguf import LlamaCppVocab, compare_tokenizers
+    from langadapt.lang import get_profile
+
+    out = _export(llama2_tibetan_tiny, tmp_path / "bo.gguf", "--type", "q8_0")
+    dev = list(iter_texts(shared_data / "bo" / "dev-conllu", profile=get_profile("bo")))
+    assert len(dev) == 1011
+    tok = AutoTokenizer.from_pretrained(llama2_tibetan_tiny)
+    with LlamaCppVocab(out) as vocab:
+        result = compare_tokenizers(tok, vocab, dev + [TIBETAN_SEED_SENTENCE])
+    assert result["mismatches"] == 0, result["first_difference"]
+    assert len(tok.encode(TIBETAN_SEED_SENTENCE, add_special_tokens=False)) < 40  # the Tibetan pieces are used
+
+
+# ----------------------------------------------------------------------------- generation parity (real SmolLM2)
+
+PROMPTS = {"en": "The three most important inventions of the twentieth century are",
+           "ko": "대한민국 헌법 제1조에 따르면 대한민국은",
+           "bo": "ཁྱོད་ཀྱི་གདོང་ནི་པད་མ་བཞིན།།མིག་དག་"}
+
+
+def _greedy_transformers(model, ids: list[int], n: int) -> list[int]:
+    ids = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[-n:]
+
+
+def _greedy_llama_cpp(path: Path, ids: list[int], n: int) -> list[int]:
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    out = []
+    llm.eval(list(ids))
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def smollm2_tibetan(shared_data, tmp_path_factory):
+    """SmolLM2 extended with 2,000 Tibetan tokens merged with llama.cpp's qwen35 rule (mean init)."""
+    tmp = tmp_path_factory.mktemp("smollm2-bo")
+    files = sorted((shared_data / "bo" / "news-tibettimes-2016").iterdir())[:200]
+    assert main(["tokenizer", "merge", "--base", "smollm2-135m", "--corpus", *map(str, files), "--vocab-size", "2000",
+                 "--lang", "bo", "--pre-tokenizer", "qwen35", "--out", str(tmp / "tok")]) == 0
+    assert main(["model", "extend", "--base", "smollm2-135m", "--tokenizer", str(tmp / "tok"),
+                 "--out", str(tmp / "model")]) == 0
+    return tmp / "model"
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+@pytest.mark.parametrize("which", ["smollm2-135m", "extended"])
+def test_greedy_generation_equals_transformers(which, request, tmp_path):
+    from langadapt.model.load import load_model
+    from langadapt.tokenizer.load import load_tokenizer
+
+    model_spec = "smollm2-135m" if which == "smollm2-135m" else str(request.getfixturevalue("smollm2_tibetan"))
+    out = _export(model_spec, tmp_path / "model.gguf", "--type", "f32")
+    model, tok = load_model(model_spec, dtype="float32").eval(), load_tokenizer(model_spec)
+    for lang, prompt in PROMPTS.items():
+        ids = tok.encode(prompt, add_special_tokens=False)
+        expected = _greedy_transformers(model, ids, 32)
+        assert _greedy_llama_cpp(out, ids, 32) == expected, (lang, tok.decode(expected))

@@ -40,7 +40,8 @@ from langadapt.outputs import adaptation_record, atomic_output_file, read_adapta
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer, sentencepiece_model_path, tokenizer_kind
 from langadapt.tokenizer.merge import CHECK_TEXTS
-from langadapt.tokenizer.pretokenize import MARK_KEEPING_RULES, llama_cpp_pre_name
+from langadapt.lang import get_profile
+from langadapt.tokenizer.pretokenize import MARK_KEEPING_RULES, base_of_script_runs, llama_cpp_pre_name
 
 PYTHON_TYPES = ("f32", "f16", "bf16", "q8_0")
 LLAMA_CPP_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
@@ -150,23 +151,30 @@ def tokenizer_merge_record(record: dict) -> dict:
     return next((r for r in chain if r.get("step") == "tokenizer-merge"), {})
 
 
-def pre_tokenizer_name(tok, record: dict, source) -> str:
-    """The llama.cpp pre-tokenizer of a byte-level BPE tokenizer, or a clear error when llama.cpp has
-    none for its rule (above all langadapt's own script-runs rule)."""
+def pre_tokenizer_name(tok, record: dict, source) -> tuple[str, bool]:
+    """(llama.cpp pre-tokenizer name, exact) of a byte-level BPE tokenizer. exact=False: a tokenizer
+    extended with langadapt's script-runs rule, written with its base's llama.cpp rule, which
+    reproduces it only where the target script's runs are what the base rule cuts anyway (Hangul,
+    Han: letters only) and which the parity check must confirm. Anything else is a clear error."""
     pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer")
     name = llama_cpp_pre_name(pre)
     if name is not None:
-        return name
+        return name, True
     merge = tokenizer_merge_record(record)
-    if merge.get("tokenizer_kind") == "byte-level-bpe":
-        raise LangadaptError(
-            f"{source}: its tokenizer was extended by `tokenizer merge` with the script-runs pre-tokenizer "
-            f"({merge.get('lang')} runs kept together across syllables), which llama.cpp cannot reproduce: it "
-            "would cut that text differently and the new tokens would never be used. Re-merge with "
-            f"`langadapt tokenizer merge --pre-tokenizer {MARK_KEEPING_RULES[0]} ...` (a rule llama.cpp "
-            "implements), then extend and train the model on that tokenizer")
+    if merge.get("tokenizer_kind") == "byte-level-bpe" and merge.get("lang"):
+        name = llama_cpp_pre_name(base_of_script_runs(pre, get_profile(merge["lang"])))
+        if name is not None:
+            return name, False
     raise LangadaptError(f"{source}: its byte-level pre-tokenizer has no llama.cpp counterpart that langadapt "
                          f"knows ({json.dumps(pre)[:200]}); llama.cpp would tokenise differently")
+
+
+def script_runs_advice(lang: str | None) -> str:
+    """How to re-merge a script-runs tokenizer so that llama.cpp reproduces it."""
+    return (f"its tokenizer was extended by `tokenizer merge` with the script-runs pre-tokenizer ({lang} runs kept "
+            "together), which llama.cpp cannot reproduce: it would cut that text differently and the new tokens "
+            f"would not be used. Re-merge with `langadapt tokenizer merge --pre-tokenizer {MARK_KEEPING_RULES[0]} "
+            "...` (a rule llama.cpp implements), then extend and train the model on that tokenizer")
 
 
 # ----------------------------------------------------------------------------- the tokenizer in GGUF
@@ -439,7 +447,11 @@ def export_gguf_command(opts: ExportGgufOptions) -> int:
                              "its pieces and scores")
     if kind not in ("sentencepiece", "byte-level-bpe"):
         raise LangadaptError(f"{tokenizer_dir}: tokenizer type {kind} cannot be written to GGUF")
-    pre = pre_tokenizer_name(tok, previous, tokenizer_dir) if kind == "byte-level-bpe" else None
+    pre, exact = pre_tokenizer_name(tok, previous, tokenizer_dir) if kind == "byte-level-bpe" else (None, True)
+    advice = None if exact else script_runs_advice(tokenizer_merge_record(previous).get("lang"))
+    if advice and opts.skip_check:
+        raise LangadaptError(f"{tokenizer_dir}: {advice}. (Without --skip-check, llama.cpp's tokenisation is "
+                             "compared with transformers' and the file is written if they agree.)")
     if not opts.skip_check or opts.type in LLAMA_CPP_TYPES:
         require_llama_cpp()  # before the long part
 
@@ -449,7 +461,8 @@ def export_gguf_command(opts: ExportGgufOptions) -> int:
         model = merge_adapter(model, opts.adapter)
     record = adaptation_record("export-gguf", inherit_from=lineage_from, model=str(opts.model),
                                adapter=str(opts.adapter) if opts.adapter else None, type=opts.type,
-                               tokenizer_kind=kind, llama_cpp_pre_tokenizer=pre)
+                               tokenizer_kind=kind, llama_cpp_pre_tokenizer=pre,
+                               pre_tokenizer_exact=exact)
     parity = None
     with atomic_output_file(opts.out, overwrite=opts.overwrite) as tmp:
         if opts.type in PYTHON_TYPES:
@@ -462,7 +475,7 @@ def export_gguf_command(opts: ExportGgufOptions) -> int:
             finally:
                 f16.unlink(missing_ok=True)
         if not opts.skip_check:
-            parity = check_parity(tmp, tok, previous, opts.allow_mismatch)
+            parity = check_parity(tmp, tok, previous, opts.allow_mismatch, advice)
     size = Path(opts.out).stat().st_size
     print(json.dumps({"out": str(opts.out), "type": opts.type, "bytes": size, "tokenizer": kind,
                       "llama_cpp_pre_tokenizer": pre, "parity": parity,
@@ -470,9 +483,10 @@ def export_gguf_command(opts: ExportGgufOptions) -> int:
     return 0
 
 
-def check_parity(path, tok, record: dict, allow_mismatch: bool) -> dict:
+def check_parity(path, tok, record: dict, allow_mismatch: bool, advice: str | None = None) -> dict:
     """Compare llama.cpp's tokenisation of `path` with transformers' on the check set and the training
-    sample; raise on any difference unless `allow_mismatch` (then print the rate)."""
+    sample; raise on any difference unless `allow_mismatch` (then print the rate). `advice` ends the
+    error (how to re-merge a script-runs tokenizer)."""
     sample, corpus = training_texts(record)
     with LlamaCppVocab(path) as vocab:
         result = {"check_set": compare_tokenizers(tok, vocab, EXPORT_CHECK_TEXTS)}
@@ -480,9 +494,10 @@ def check_parity(path, tok, record: dict, allow_mismatch: bool) -> dict:
             result["training_sample"] = {"corpus": corpus, **compare_tokenizers(tok, vocab, sample)}
     for name, part in result.items():
         if part["mismatches"] and not allow_mismatch:
+            first = describe_difference(part["first_difference"])
             raise LangadaptError(f"llama.cpp tokenises {part['mismatches']} of {part['texts']} {name} texts "
-                                 f"differently from transformers; first: {describe_difference(part['first_difference'])}"
-                                 ". Nothing was written (--allow-mismatch writes it anyway)")
+                                 f"differently from transformers; first: {first}. Nothing was written "
+                                 "(--allow-mismatch writes it anyway)" + (f". {advice}" if advice else ""))
         if part["mismatches"]:
             print(f"warning: llama.cpp tokenises {part['mismatch_rate']:.1%} of the {name} texts differently "
                   f"({part['mismatches']} of {part['texts']}); first: {describe_difference(part['first_difference'])}")

@@ -198,3 +198,21 @@ def extended_pre_tokenizer(pre: dict | None, profile, rule: str = "script-runs")
         raise LangadaptError(f"unknown pre-tokenizer rule {rule!r}; choose one of {', '.join(PRE_TOKENIZER_RULES)}")
     target_codepoints(profile)  # the same clear error for a profile without a script
     return llama_cpp_pre_tokenizer(rule), SPLIT_PATTERNS[rule]
+
+
+def base_of_script_runs(pre: dict | None, profile) -> dict | None:
+    """The base pre-tokenizer that `script_aware_pre_tokenizer` extended into `pre` (None when `pre` is
+    not such an extension for this profile)."""
+    members = (pre or {}).get("pretokenizers") or []
+    if (pre or {}).get("type") != "Sequence" or len(members) != 2 or members[0].get("type") != "Split":
+        return None
+    regex = (members[0].get("pattern") or {}).get("Regex") or ""
+    prefix = target_pattern(profile) + "|"
+    if not regex.startswith(prefix):
+        return None
+    rest = regex[len(prefix):]
+    if rest == GPT2_PATTERN:
+        return dict(members[1], use_regex=True)
+    base = copy.deepcopy(pre)
+    base["pretokenizers"][0]["pattern"] = {"Regex": rest}
+    return base
