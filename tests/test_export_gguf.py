@@ -73,7 +73,7 @@ def test_transformers_reads_back_the_same_model(tiny_llama_dir, tmp_path, kind, 
 
     fields = _gguf_fields(out)
     assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.model"] == "gpt2"
-    assert fields["tokenizer.ggml.pre"] == "gpt2"  # tokenizers' ByteLevel(use_regex) is GPT-2's rule
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"  # tokenizers' ByteLevel(use_regex) is GPT-2's rule
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
     assert fields["tokenizer.chat_template"] == base.chat_template
     assert "output.weight" in fields["tensors"]  # untied head written

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -188,7 +189,9 @@ def vocabulary(tok, kind: str, tokenizer_dir, n_rows: int) -> tuple[list[bytes],
     kinds = gguf.TokenType
     tokens, scores, types = [], [], []
     if kind == "sentencepiece":
-        for text, score, toktype in gguf.SentencePieceVocab(Path(tokenizer_dir)).sentencepiece_tokens():
+        pieces = (gguf.SentencePieceVocab(Path(tokenizer_dir)).sentencepiece_tokens()
+                  if sentencepiece_model_path(tokenizer_dir) else pieces_from_merges(tok))
+        for text, score, toktype in pieces:
             tokens.append(text)
             scores.append(score)
             types.append(int(toktype))
@@ -210,6 +213,30 @@ def vocabulary(tok, kind: str, tokenizer_dir, n_rows: int) -> tuple[list[bytes],
         scores.append(-1000.0)
         types.append(int(kinds.UNUSED))
     return tokens, scores, types
+
+
+def pieces_from_merges(tok) -> list[tuple[bytes, float, int]]:
+    """(piece, score, type) of a SentencePiece-BPE vocabulary known only from tokenizer.json (its
+    tokenizer.model was not saved along, e.g. by `model extend` or training): a piece scores minus the
+    rank of the first merge that makes it, which orders llama.cpp's merges as the ranked merges of
+    tokenizers (langadapt's merged tokenizer.json ranks merges by sentencepiece score)."""
+    import gguf
+
+    data = json.loads(tok.backend_tokenizer.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise LangadaptError(f"a {model.get('type')} SentencePiece tokenizer without its tokenizer.model cannot be "
+                             "written to GGUF; keep tokenizer.model next to tokenizer.json")
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(model["merges"]):
+        rank.setdefault("".join(merge) if isinstance(merge, list) else merge.replace(" ", "", 1), r)
+    special = {t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+    out = []
+    for text, i in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
+        toktype = (gguf.TokenType.CONTROL if i in special else gguf.TokenType.UNKNOWN if text == model.get("unk_token")
+                   else gguf.TokenType.BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", text) else gguf.TokenType.NORMAL)
+        out.append((text.encode("utf-8"), -float(rank[text]) if text in rank else 0.0, toktype))
+    return out
 
 
 def adds_special(tok) -> dict[str, bool]:
@@ -442,9 +469,6 @@ def export_gguf_command(opts: ExportGgufOptions) -> int:
     lineage_from = opts.adapter or source
     previous = read_adaptation_json(lineage_from)
     kind = tokenizer_kind(tok)
-    if kind == "sentencepiece" and sentencepiece_model_path(tokenizer_dir) is None:
-        raise LangadaptError(f"{tokenizer_dir}: a SentencePiece tokenizer without tokenizer.model; llama.cpp needs "
-                             "its pieces and scores")
     if kind not in ("sentencepiece", "byte-level-bpe"):
         raise LangadaptError(f"{tokenizer_dir}: tokenizer type {kind} cannot be written to GGUF")
     pre, exact = pre_tokenizer_name(tok, previous, tokenizer_dir) if kind == "byte-level-bpe" else (None, True)

@@ -3,7 +3,11 @@
 Steps (`extend_byte_level_bpe` = `train_target_bpe` + `build_extended`):
 
 1. Rewrite the pre-tokenizer so that runs of the target script stay together up to a space or a
-   clause delimiter (`pretokenize.py`); text without the target script is split as before.
+   clause delimiter (`pretokenize.py`, rule "script-runs"); text without the target script is split
+   as before. llama.cpp cannot reproduce that rule (it applies only its own hard-coded regexes), so
+   `rule="qwen35"` instead puts llama.cpp's Qwen3.5 rule (letters with their combining marks, so a
+   syllable is one piece but a tsheg starts the next one) in place of the base's rule for all text:
+   `export gguf` then tokenises in llama.cpp exactly as here (see docs/benchmarks.md for its cost).
 2. Train a BPE with the `tokenizers` BpeTrainer on the target-script pieces of the training text
    only. By default (`char_aligned=True`) it trains on characters, and the byte-level merges that
    build each character from its UTF-8 bytes come first: every new token is then whole

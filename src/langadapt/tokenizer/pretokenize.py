@@ -165,7 +165,7 @@ def llama_cpp_pre_name(pre: dict | None) -> str | None:
     members = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
     types = [m.get("type") for m in members]
     if types == ["ByteLevel"] and members[0].get("use_regex", True) and not members[0].get("add_prefix_space"):
-        return "gpt2"
+        return "gpt-2"
     if (types == ["Digits", "ByteLevel"] and members[0].get("individual_digits")
             and members[1].get("use_regex", True) and not members[1].get("add_prefix_space")):
         return "smollm"  # SmolLM's own tokenizer.json: digits one by one, then GPT-2's rule
