@@ -304,7 +304,7 @@ def _greedy_llama_cpp(path: Path, ids: list[int], n: int) -> list[int]:
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
     out = []
     llm.eval(list(ids))
     for _ in range(n):
