@@ -30,8 +30,14 @@ $(VENV)/.installed: pyproject.toml
 # as root); elsewhere the browser test skips and says why.
 APT_TEST_PACKAGES = chromium fonts-tibetan-machine
 
+# llama-cpp-python (extra `gguf`) builds llama.cpp from source: only the libraries the bindings load (no
+# multimodal library, tests, examples, tools or server), portable (AVX2, not -march=native). pip caches the
+# wheel, so only the first install on a machine pays for the build (see the README for the times).
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DGGML_OPENMP=OFF -DLLAMA_OPENSSL=OFF
+
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e '.[test]'
 	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -20,6 +20,7 @@ GROUPS = {
     "tokenizer": "train, extend (merge), prune and measure tokenizers",
     "model": "load, inspect, extend and prune models",
     "eval": "evaluate models",
+    "export": "export models for other runtimes (llama.cpp GGUF)",
 }
 
 
@@ -81,6 +82,8 @@ COMMANDS = [
             "write lm-evaluation-harness task YAMLs for the eval mc files (same prompt preset), for GPU users"),
     Command("eval generate", "langadapt.eval.generate",
             "answers of a model to held-out instructions, with generation speed (target-language characters/s)"),
+    Command("export gguf", "langadapt.export.gguf",
+            "write a Llama-architecture model as a GGUF file for llama.cpp/Ollama, tokenizer checked by llama.cpp"),
     Command("chat", "langadapt.serve.chat",
             "chat with a model in the terminal (streams each character; /reset, /system, /exit)"),
     Command("serve", "langadapt.serve.server",

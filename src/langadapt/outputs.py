@@ -65,6 +65,23 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterat
         tmp.rename(out)
 
 
+@contextmanager
+def atomic_output_file(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside `out`; rename it to `out` only if the block succeeds
+    (the file counterpart of `atomic_output_dir`: an existing `out` is kept unless `overwrite`)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LangadaptError(f"output {out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename."""
     path = Path(path)
@@ -96,15 +113,9 @@ def read_adaptation_json(directory: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def write_adaptation_json(out_dir: str | os.PathLike, step: str, inherit_from: str | os.PathLike | None = None,
-                          **info: Any) -> dict:
-    """Write `adaptation.json` into `out_dir`: which langadapt step made it, from what, and how.
-
-    `info` holds the step's own facts (base, tokenizer hash, sizes, hyperparameters...).
-    `inherit_from` names the input whose record this output continues (e.g. the model a run
-    trained): its record, and its own history before it, go under `history`, so a chain of
-    steps stays readable. An input without a record (or that is not a directory) adds nothing.
-    """
+def adaptation_record(step: str, inherit_from: str | os.PathLike | None = None, **info: Any) -> dict:
+    """The `adaptation.json` record of a step (see `write_adaptation_json`), without writing it
+    (a GGUF file carries it as metadata)."""
     previous = read_adaptation_json(inherit_from) if inherit_from is not None else {}
     history = (previous.pop("history", []) + [previous]) if previous else []
     record = {
@@ -116,5 +127,18 @@ def write_adaptation_json(out_dir: str | os.PathLike, step: str, inherit_from: s
     }
     if history:
         record["history"] = history
+    return record
+
+
+def write_adaptation_json(out_dir: str | os.PathLike, step: str, inherit_from: str | os.PathLike | None = None,
+                          **info: Any) -> dict:
+    """Write `adaptation.json` into `out_dir`: which langadapt step made it, from what, and how.
+
+    `info` holds the step's own facts (base, tokenizer hash, sizes, hyperparameters...).
+    `inherit_from` names the input whose record this output continues (e.g. the model a run
+    trained): its record, and its own history before it, go under `history`, so a chain of
+    steps stays readable. An input without a record (or that is not a directory) adds nothing.
+    """
+    record = adaptation_record(step, inherit_from, **info)
     write_json_atomic(Path(out_dir) / ADAPTATION_FILE, record)
     return record

@@ -27,6 +27,7 @@ from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import OutputOptions, file_sha256, write_adaptation_json, write_json_atomic
 from langadapt.tokenizer.load import load_tokenizer, sentencepiece_model_path, tokenizer_kind
 from langadapt.tokenizer.merge_bpe import extend_byte_level_bpe
+from langadapt.tokenizer.pretokenize import PRE_TOKENIZER_RULES
 from langadapt.tokenizer.merge_spm import compat_merge, merge_sentencepiece, normalizer_mismatch, read_model
 from langadapt.tokenizer.train import train_sentencepiece, write_model_dir
 
@@ -66,6 +67,11 @@ class TokenizerMergeOptions(Options):
                                 help="reproduce the Chinese-LLaMA recipe exactly (score 0, every missing piece)")
     sample_sentences: int | None = option(None, help="with --corpus (SentencePiece base): sentences the donor "
                                                      "trainer keeps (default 2,000,000)")
+    pre_tokenizer: str = option("script-runs", choices=PRE_TOKENIZER_RULES,
+                                help="byte-level bases: 'script-runs' keeps target-script runs together across "
+                                     "syllables and cuts other text as the base did (best compression, but "
+                                     "llama.cpp cannot reproduce it); 'qwen35' is llama.cpp's Qwen3.5 rule (letters "
+                                     "with their combining marks) for all text, so `export gguf` works")
 
     def __post_init__(self):
         super().__post_init__()
@@ -109,6 +115,9 @@ def _carry_specials(tok, base_tok) -> None:
 
 def merge_sentencepiece_base(opts: TokenizerMergeOptions, base_tok, tmp: Path) -> dict:
     """The SentencePiece path: returns the info for adaptation.json (writes into `tmp`)."""
+    if opts.pre_tokenizer != "script-runs":
+        raise LangadaptError(f"--pre-tokenizer {opts.pre_tokenizer}: only for byte-level BPE bases; a SentencePiece "
+                             "base keeps its own rule (llama.cpp reproduces it)")
     profile = opts.reading.profile()
     spm_path = sentencepiece_model_path(opts.base)
     if spm_path is None:
@@ -181,11 +190,12 @@ def merge_byte_level_base(opts: TokenizerMergeOptions, base_tok, tmp: Path) -> d
         raise LangadaptError(f"--base {opts.base} is a byte-level BPE tokenizer: --add/--compat work only with "
                              "SentencePiece bases; use --corpus PATH... --vocab-size N (new tokens) instead")
     tok, report = extend_byte_level_bpe(base_tok, lambda: opts.reading.iter_texts(opts.corpus), opts.vocab_size,
-                                        opts.reading.profile())
+                                        opts.reading.profile(), rule=opts.pre_tokenizer)
     _carry_specials(tok, base_tok)
     tok.save_pretrained(str(tmp))
     write_json_atomic(tmp / "merge_report.json", report)
     return {"base": str(opts.base), "mode": "byte-level-bpe", "tokenizer_kind": "byte-level-bpe",
+            "pre_tokenizer": opts.pre_tokenizer, "llama_cpp_pre_tokenizer": report["pre_tokenizer"]["llama_cpp"],
             "new_tokens_requested": opts.vocab_size,
             "vocab_size_before": len(base_tok), "vocab_size_after": len(tok)}
 

@@ -3,7 +3,11 @@
 Steps (`extend_byte_level_bpe` = `train_target_bpe` + `build_extended`):
 
 1. Rewrite the pre-tokenizer so that runs of the target script stay together up to a space or a
-   clause delimiter (`pretokenize.py`); text without the target script is split as before.
+   clause delimiter (`pretokenize.py`, rule "script-runs"); text without the target script is split
+   as before. llama.cpp cannot reproduce that rule (it applies only its own hard-coded regexes), so
+   `rule="qwen35"` instead puts llama.cpp's Qwen3.5 rule (letters with their combining marks, so a
+   syllable is one piece but a tsheg starts the next one) in place of the base's rule for all text:
+   `export gguf` then tokenises in llama.cpp exactly as here (see docs/benchmarks.md for its cost).
 2. Train a BPE with the `tokenizers` BpeTrainer on the target-script pieces of the training text
    only. By default (`char_aligned=True`) it trains on characters, and the byte-level merges that
    build each character from its UTF-8 bytes come first: every new token is then whole
@@ -43,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2 byte -> printable character table
 
 from langadapt.errors import LangadaptError
-from langadapt.tokenizer.pretokenize import script_aware_pre_tokenizer, target_pattern
+from langadapt.tokenizer.pretokenize import extended_pre_tokenizer, llama_cpp_pre_name, target_pattern
 from langadapt.tokenizer.train import MAX_PIECE_CHARS, unique_sentences
 
 
@@ -221,7 +225,7 @@ def _unreachable(vocab: dict[str, int], merges: list[tuple[str, str]], new_token
 
 
 def build_extended(base, trained: list[tuple[str, str]], num_new_tokens: int, profile, *,
-                   new_merges_first: bool = True):
+                   new_merges_first: bool = True, rule: str = "script-runs"):
     """Extend `base` with the first `num_new_tokens` new tokens of the byte-level merges
     `trained` (as `train_target_bpe` returns them). Returns (extended tokenizer, report)."""
     from tokenizers import Tokenizer
@@ -230,7 +234,7 @@ def build_extended(base, trained: list[tuple[str, str]], num_new_tokens: int, pr
     backend = _backend(base)
     data = json.loads(backend.to_str())
     pre_before = data.get("pre_tokenizer")
-    new_pre, _ = script_aware_pre_tokenizer(pre_before, profile)
+    new_pre, _ = extended_pre_tokenizer(pre_before, profile, rule)
     ranges = _merged_ranges(profile.script_ranges)
     model = data["model"]
     base_vocab: dict[str, int] = model["vocab"]
@@ -287,7 +291,9 @@ def build_extended(base, trained: list[tuple[str, str]], num_new_tokens: int, pr
                                     for k, v in skipped.items() if v},
         "trained_merges": len(trained),
         "trained_merges_used": walked,
-        "pre_tokenizer": {"before": pre_before, "after": new_pre, "target_alternatives": target_pattern(profile)},
+        "pre_tokenizer": {"before": pre_before, "after": new_pre, "rule": rule,
+                          "llama_cpp": llama_cpp_pre_name(new_pre),
+                          "target_alternatives": target_pattern(profile) if rule == "script-runs" else None},
     }
     return extended, report
 
@@ -317,7 +323,7 @@ def training_margin(base, num_new_tokens: int, profile) -> int:
 
 
 def extend_byte_level_bpe(base, texts: Callable[[], Iterable[str]], num_new_tokens: int, profile, *,
-                          new_merges_first: bool = True, char_aligned: bool = True):
+                          new_merges_first: bool = True, char_aligned: bool = True, rule: str = "script-runs"):
     """Extend a byte-level BPE fast tokenizer with up to `num_new_tokens` target-language tokens.
 
     `texts()` returns a fresh iterator over normalised target-language records. Returns the
@@ -328,7 +334,7 @@ def extend_byte_level_bpe(base, texts: Callable[[], Iterable[str]], num_new_toke
         raise LangadaptError(f"num_new_tokens must be at least 1, got {num_new_tokens}")
     backend = _backend(base)
     data = json.loads(backend.to_str())
-    _, pattern = script_aware_pre_tokenizer(data.get("pre_tokenizer"), profile)
+    _, pattern = extended_pre_tokenizer(data.get("pre_tokenizer"), profile, rule)
     target = target_pattern(profile)
     margin = training_margin(base, num_new_tokens, profile)
     records = {"n": 0}
@@ -343,7 +349,8 @@ def extend_byte_level_bpe(base, texts: Callable[[], Iterable[str]], num_new_toke
         trained, filled = train_target_bpe(training_sentences(counted(), profile), pattern, target,
                                            256 + num_new_tokens + margin, backend.normalizer, char_aligned,
                                            MAX_PIECE_CHARS.get(profile.code) if char_aligned else None)
-        extended, report = build_extended(base, trained, num_new_tokens, profile, new_merges_first=new_merges_first)
+        extended, report = build_extended(base, trained, num_new_tokens, profile, new_merges_first=new_merges_first,
+                                          rule=rule)
         if report["tokens_added"] >= num_new_tokens or not filled:
             break
         margin = 2 * margin + num_new_tokens - report["tokens_added"]

@@ -137,3 +137,82 @@ def script_aware_pre_tokenizer(pre: dict | None, profile) -> tuple[dict, str]:
         new["pretokenizers"][0]["pattern"] = {"Regex": pattern}
         return new, pattern
     raise _unsupported(pre, f"type {pre.get('type')!r}")
+
+
+# ----------------------------------------------------------------------------- llama.cpp's pre-tokenizers
+
+# llama.cpp applies only regexes hard-coded per pre-tokenizer name (`tokenizer.ggml.pre` in a GGUF;
+# src/llama-vocab.cpp); a tokenizer whose rule is not one of them cannot be reproduced there.
+# These are the Split regexes (HF syntax) of the byte-level rules langadapt can name, by name.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5's rule: letters *and combining marks* (\p{M}) stay together, so a Tibetan or Indic
+# syllable is one piece (a tsheg, being punctuation, starts the next piece: "་ཀྱི").
+QWEN35_PATTERN = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                  r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERNS = {"llama-bpe": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN, "qwen35": QWEN35_PATTERN}
+# The llama.cpp rules `tokenizer merge --pre-tokenizer` offers for byte-level bases (they keep marks with letters).
+MARK_KEEPING_RULES = ("qwen35",)
+
+
+def llama_cpp_pre_name(pre: dict | None) -> str | None:
+    """The llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`) whose rule is exactly this byte-level
+    pre-tokenizer (its tokenizer.json dict), or None when llama.cpp has none."""
+    if not isinstance(pre, dict):
+        return None
+    members = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    types = [m.get("type") for m in members]
+    if types == ["ByteLevel"] and members[0].get("use_regex", True) and not members[0].get("add_prefix_space"):
+        return "gpt-2"
+    if (types == ["Digits", "ByteLevel"] and members[0].get("individual_digits")
+            and members[1].get("use_regex", True) and not members[1].get("add_prefix_space")):
+        return "smollm"  # SmolLM's own tokenizer.json: digits one by one, then GPT-2's rule
+    if types == ["Split", "ByteLevel"] and not members[1].get("use_regex") and not members[1].get("add_prefix_space"):
+        split = members[0]
+        regex = (split.get("pattern") or {}).get("Regex")
+        if split.get("behavior") == "Isolated" and not split.get("invert"):
+            return next((name for name, p in SPLIT_PATTERNS.items() if p == regex), None)
+    return None
+
+
+def llama_cpp_pre_tokenizer(name: str) -> dict:
+    """The tokenizer.json pre-tokenizer of the llama.cpp rule `name` (one of SPLIT_PATTERNS)."""
+    return {"type": "Sequence", "pretokenizers": [
+        _split(SPLIT_PATTERNS[name]),
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+PRE_TOKENIZER_RULES = ("script-runs",) + MARK_KEEPING_RULES
+
+
+def extended_pre_tokenizer(pre: dict | None, profile, rule: str = "script-runs") -> tuple[dict, str]:
+    """(new pre-tokenizer dict, its split regex) of a byte-level base extended with `rule`:
+    "script-runs" keeps target-script runs together and other text as the base cut it
+    (`script_aware_pre_tokenizer`); a llama.cpp rule (e.g. "qwen35") replaces the base's rule for
+    all text with one llama.cpp implements, so an exported GGUF tokenises as transformers does."""
+    if rule == "script-runs":
+        return script_aware_pre_tokenizer(pre, profile)
+    if rule not in SPLIT_PATTERNS:
+        raise LangadaptError(f"unknown pre-tokenizer rule {rule!r}; choose one of {', '.join(PRE_TOKENIZER_RULES)}")
+    target_codepoints(profile)  # the same clear error for a profile without a script
+    return llama_cpp_pre_tokenizer(rule), SPLIT_PATTERNS[rule]
+
+
+def base_of_script_runs(pre: dict | None, profile) -> dict | None:
+    """The base pre-tokenizer that `script_aware_pre_tokenizer` extended into `pre` (None when `pre` is
+    not such an extension for this profile)."""
+    members = (pre or {}).get("pretokenizers") or []
+    if (pre or {}).get("type") != "Sequence" or len(members) != 2 or members[0].get("type") != "Split":
+        return None
+    regex = (members[0].get("pattern") or {}).get("Regex") or ""
+    prefix = target_pattern(profile) + "|"
+    if not regex.startswith(prefix):
+        return None
+    rest = regex[len(prefix):]
+    if rest == GPT2_PATTERN:
+        return dict(members[1], use_regex=True)
+    base = copy.deepcopy(pre)
+    base["pretokenizers"][0]["pattern"] = {"Regex": rest}
+    return base

@@ -1,0 +1,1 @@
+"""Export to other runtimes: GGUF files for llama.cpp (`export gguf`)."""
