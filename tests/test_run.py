@@ -137,6 +137,7 @@ def test_bad_recipes_are_clear_errors(tiny_recipe, mutate, message):
     (lambda r: r["sft"].update(templat="chatml"), r"sft: unknown key 'templat'; did you mean 'template'\?"),
     (lambda r: r["sft"].update(out="elsewhere"), r"sft: 'out' is set by `langadapt run`"),
     (lambda r: r["eval"].update(context="long"), r"eval: 'context' must be int, got 'long'"),
+    (lambda r: r.update(export={"gguf": "q9_k"}), r"export: type must be one of .*got 'q9_k'"),
 ])
 def test_dry_run_checks_every_value_before_anything_runs(tiny_recipe, mutate, message, tmp_path):
     recipe = yaml.safe_load(tiny_recipe.read_text())
@@ -224,3 +225,21 @@ def test_demo_dry_run_plans_every_step(tmp_path, capsys):
     for step in ("tokenizer merge", "model extend", "pretrain", "sft", "eval bpc", "eval generate"):
         assert f"langadapt {step} " in printed, step
     assert "pretrain-control" in printed and not (tmp_path / "demo" / "report.md").exists()
+
+
+def test_a_run_can_end_with_a_gguf_export(tiny_recipe, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (extra `gguf`) checks the file's tokenizer")
+    from gguf import GGUFReader
+
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["export"] = {"gguf": "f32"}
+    tiny_recipe.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    run_recipe(tiny_recipe)
+    out = tmp_path / "run"
+    gguf = out / "export" / "model.f32.gguf"
+    reader = GGUFReader(str(gguf))
+    vocab = next(f for f in reader.fields.values() if f.name == "tokenizer.ggml.tokens")
+    from transformers import AutoTokenizer
+    assert len(vocab.data) == len(AutoTokenizer.from_pretrained(out / "model-sft"))
+    report = (out / "report.md").read_text()
+    assert "## llama.cpp / Ollama" in report and f"llama-cli -m {gguf}" in report

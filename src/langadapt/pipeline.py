@@ -33,6 +33,7 @@ from langadapt.errors import LangadaptError
 from langadapt.eval.bpc import EvalBpcOptions
 from langadapt.eval.generate import EvalGenerateOptions
 from langadapt.eval.mc import EvalMcOptions
+from langadapt.export.gguf import ExportGgufOptions
 from langadapt.model.extend import ModelExtendOptions
 from langadapt.model.prune import ModelPruneOptions
 from langadapt.options import (Options, OptionError, embed, from_mapping, option, read_yaml_mapping, to_argv,
@@ -49,7 +50,7 @@ from langadapt.train.merge import MergeOptions
 from langadapt.train.recipe import PretrainOptions, SftOptions
 
 TOP_KEYS = ("name", "description", "base", "lang", "out", "data", "tokenizer", "model", "pretrain", "sft",
-            "control", "eval")
+            "control", "eval", "export")
 TOKENIZER_METHODS = ("extend", "prune", "keep")
 STATE_FILE = "run-state.json"
 
@@ -253,6 +254,8 @@ def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list
                 limit=evals.prompts, max_new_tokens=evals.max_new_tokens,
                 repetition_penalty=evals.repetition_penalty, json=str(result)), result))
     steps += eval_suite_steps(evals, arms, reading, out)
+    if recipe.get("export") is not None:
+        steps.append(_export_step(recipe["export"], model, where, out))
     _sign(steps)
     return steps
 
@@ -307,6 +310,18 @@ def _control_arm(steps: list[Step], section, base: str, corpus: list[str], heldo
         filled = {"model": model, "data": instructions, "out": str(out / "sft-control")}
         model = _train(steps, "sft-control", "sft", _section(SftOptions, sft_section, filled, where, "sft"), out)
     return model
+
+
+def _export_step(section, model: str, where: str, out: Path) -> Step:
+    """The adapted model as a GGUF file for llama.cpp/Ollama: `export: {gguf: TYPE}` plus any export gguf key."""
+    if not isinstance(section, dict):
+        raise LangadaptError(f"{where}: export: must be a mapping, e.g. {{gguf: q8_0}}")
+    section = dict(section)
+    kind = section.pop("gguf", "q8_0")
+    path = out / "export" / f"model.{kind}.gguf"
+    filled = {"model": model, "out": str(path), "overwrite": True}
+    return Step("export-gguf", "export gguf", _section(ExportGgufOptions, {"type": kind, **section}, filled, where,
+                                                       "export"), path)
 
 
 def _budget_tokens(options: PretrainOptions, where: str) -> int:

@@ -139,6 +139,13 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
         lines += [str(data["instructions_note"]).strip(), ""]
     lines += _samples_section(generate, figures)
     lines += eval_suite_section(steps, figures)
+    gguf = next((s.output for s in steps if s.name == "export-gguf" and s.output.is_file()), None)
+    if gguf:
+        figures["gguf"] = str(gguf)
+        lines += ["## llama.cpp / Ollama", "", f"The adapted model as GGUF: `{gguf}` "
+                  f"({gguf.stat().st_size / 1e6:.0f} MB; its tokenizer was checked against llama.cpp's when "
+                  "written).", "", "```", f"llama-cli -m {gguf} -cnv",
+                  f"echo 'FROM {gguf}' > Modelfile && ollama create adapted -f Modelfile", "```", ""]
     lines += ["## Steps", "", "Each step is a `langadapt` command; re-run one by hand with:", "", "```"]
     lines += [s.text() for s in steps] + ["```", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
