@@ -209,7 +209,8 @@ def test_demo_on_a_small_budget(tmp_path):
     """The real demo recipe (SmolLM2 + embedded corpus) on a quarter of its token budgets, every model scored."""
     from langadapt.demo import DEMO_RECIPE, budget_overrides
 
-    overrides = {**budget_overrides(load_run_recipe(DEMO_RECIPE), 0.25), "eval.intermediate": True}
+    overrides = {**budget_overrides(load_run_recipe(DEMO_RECIPE), 0.25), "eval.intermediate": True,
+                 "eval.max_chars": 2000}
     run_recipe(DEMO_RECIPE, out=str(tmp_path / "demo"), overrides=overrides)
     figures = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert figures["tokens_per_char"][1] < 0.5 * figures["tokens_per_char"][0]
