@@ -226,6 +226,7 @@ def test_demo_dry_run_plans_every_step(tmp_path, capsys):
     for step in ("tokenizer merge", "model extend", "pretrain", "sft", "eval bpc", "eval generate"):
         assert f"langadapt {step} " in printed, step
     assert "pretrain-control" in printed and not (tmp_path / "demo" / "report.md").exists()
+    assert ("langadapt export gguf " in printed) == (importlib.util.find_spec("llama_cpp") is not None)
 
 
 def test_a_run_can_end_with_a_gguf_export(tiny_recipe, tmp_path):

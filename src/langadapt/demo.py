@@ -5,11 +5,13 @@ package as `langadapt/recipes/demo.yaml`): SmolLM2-135M-Instruct (from the `llm-
 package) learns Korean from the embedded sample corpus (konlpy's constitution and bills):
 tokenizer extension, stage 1 and 2 pretraining, instruction tuning on pairs the corpus itself
 contains, the control arm, merges, evaluation, report. Budgets are in tokens, so the result does
-not depend on how fast the machine is.
+not depend on how fast the machine is. With `langadapt[gguf]` installed it also exports the adapted
+model as a q8_0 GGUF for llama.cpp/Ollama (its tokenizer checked against llama.cpp's).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +51,14 @@ class DemoOptions(Options):
 def demo_command(opts: DemoOptions) -> int:
     """Run the demo recipe and say where its report is."""
     overrides = {} if opts.scale == 1 else budget_overrides(load_run_recipe(DEMO_RECIPE), opts.scale)
+    exports = importlib.util.find_spec("llama_cpp") is not None
+    if exports:
+        overrides["export"] = {"gguf": "q8_0"}
     report = run_recipe(DEMO_RECIPE, out=opts.out, dry_run=opts.dry_run, overrides=overrides)
     if not opts.dry_run:
         print(f"\nThe report is {report}.\nChat with the adapted model:  "
               f"langadapt chat --model {Path(opts.out) / 'model-sft'}")
+        if not exports:
+            print("For llama.cpp/Ollama: pip install 'langadapt[gguf]' (builds llama.cpp), then  langadapt export "
+                  f"gguf {Path(opts.out) / 'model-sft'} --out demo.q8_0.gguf --type q8_0")
     return 0
