@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from langadapt.eval.bpc import read_text
+from langadapt.corpus import read_text
 from langadapt.export.gguf import ExportGgufOptions, export_gguf_command
 from langadapt.model.load import load_model
 from langadapt.model.score import bpc_of_text, window_spans

@@ -33,8 +33,8 @@ def main() -> int:
 
     from langadapt.cli import main as cli
     from langadapt.corpus import ReadingOptions
-    from langadapt.eval.bpc import read_text
-    from langadapt.model.extend import corpus_sample, extend_model
+    from langadapt.corpus import read_text
+    from langadapt.model.extend import extend_model
     from langadapt.model.load import load_model
     from langadapt.model.score import bpc_of_text
     from langadapt.sources import resolve_model_source
@@ -49,7 +49,7 @@ def main() -> int:
     source = str(resolve_model_source(args.base))
     base_tok, new_tok = load_tokenizer(source), load_tokenizer(tokenizer_dir)
     heldout = read_text(args.heldout, args.lang, max_chars=args.max_chars)
-    fit_text = corpus_sample(ReadingOptions(lang=args.lang).iter_texts(args.corpus), args.fit_tokens)
+    fit_text = ReadingOptions(lang=args.lang).read_text(args.corpus, max_chars=4 * args.fit_tokens)
 
     def bpc(model, tok):
         return bpc_of_text(model, tok, heldout, context=args.context, stride=args.stride,

@@ -67,7 +67,7 @@ def main() -> int:
 
     import torch
 
-    from langadapt.eval.bpc import read_text
+    from langadapt.corpus import read_text
     from langadapt.model.score import bpc_of_text
     from langadapt.model.load import load_model
     from langadapt.sources import resolve_model_source

@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args()
 
-    from langadapt.eval.bpc import read_text
+    from langadapt.corpus import read_text
     from langadapt.model.load import load_model
     from langadapt.model.score import score_ids
     from langadapt.sources import resolve_model_source

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import TIBETAN_SEED_SENTENCE
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
-from langadapt.eval.bpc import read_text
+from langadapt.corpus import read_text
 from langadapt.model.score import bpc_of_text, score_ids, window_spans
 from langadapt.model.fingerprint import model_fingerprint
 from langadapt.model.score import cached_score, score_cache_key, score_text_cached

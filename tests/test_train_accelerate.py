@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ from langadapt.cli import main
 from train_fixtures import heldout_file, train_corpus  # noqa: F401
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the default 29500 may be held by another run on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _losses(run: Path) -> list[float]:
@@ -35,10 +43,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_lla
               "--gradient-checkpointing", "false", "--progress", "false", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "langadapt.cli", "pretrain",
+                           "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "langadapt.cli", "pretrain",
                            *common, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # both ends of stderr: the failing rank's traceback may come before the launcher's summary
+    assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-4000:]
     assert proc.stderr.count("Loading weights: 100%") == 2  # two processes
     record = json.loads((tmp_path / "ddp" / "adapter" / "adaptation.json").read_text())
     assert record["tokens_seen"] == 4 * 2 * 2 * 32 and record["steps"] == 4

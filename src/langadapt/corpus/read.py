@@ -459,6 +459,24 @@ class ReadingOptions(Options):
         """Like `iter_texts`, each record with its file and line."""
         return iter_records(paths, **self.keywords(), stats=stats, progress=progress)
 
+    def read_text(self, paths, max_chars: int | None = None) -> str:
+        """The records of `paths` joined with "\\n", cut to `max_chars` (reading stops there)."""
+        parts, total = [], 0
+        for record in self.iter_texts(paths):
+            parts.append(record)
+            total += len(record) + 1
+            if max_chars is not None and total >= max_chars:
+                break
+        text = "\n".join(parts)
+        return text[:max_chars] if max_chars is not None else text
+
+
+def read_text(paths, reading: ReadingOptions | str | None = None, max_chars: int | None = None) -> str:
+    """`ReadingOptions.read_text` with `reading` given as options or a language code."""
+    if not isinstance(reading, ReadingOptions):
+        reading = ReadingOptions(lang=reading)
+    return reading.read_text(paths, max_chars=max_chars)
+
 
 def iter_texts(paths, profile: LanguageProfile | None = None, *, field: str = "text",
                column: str | int | None = None, clean: str | None = None, on_bad_bytes: str = "error",

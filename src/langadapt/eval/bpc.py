@@ -68,23 +68,9 @@ class EvalBpcOptions(Options):
         check_rope_scaling(self.rope_scaling)
 
 
-def read_text(paths, reading: ReadingOptions | str, max_chars: int | None = None) -> str:
-    """The records of `paths` read with `reading` (or a language code), joined with "\\n", cut to `max_chars`."""
-    if isinstance(reading, str):
-        reading = ReadingOptions(lang=reading)
-    parts, total = [], 0
-    for record in reading.iter_texts(paths):
-        parts.append(record)
-        total += len(record) + 1
-        if max_chars is not None and total >= max_chars:
-            break
-    text = "\n".join(parts)
-    return text[:max_chars] if max_chars is not None else text
-
-
 def eval_bpc_command(opts: EvalBpcOptions) -> int:
     """Bits per character/byte and per-token perplexity of a text under a model."""
-    text = read_text(opts.text, opts.reading, max_chars=opts.max_chars)
+    text = opts.reading.read_text(opts.text, max_chars=opts.max_chars)
     scored = score_text_cached(opts.model, text, context=opts.context, stride=opts.stride, dtype=opts.dtype,
                                autocast=opts.autocast, cache=not opts.no_cache, rope_scaling=opts.rope_scaling)
     result = {"model": str(opts.model), "text": list(opts.text), "lang": opts.reading.profile().code,

@@ -269,7 +269,8 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     check_extends(base_tokenizer, new_tokenizer, name=str(opts.tokenizer))
     model = load_model(str(base_source))
     params_before = sum(p.numel() for p in model.parameters())
-    fit_text = corpus_sample(opts.reading.iter_texts(opts.corpus), opts.fit_tokens) if opts.init == "fit" else None
+    # tokens average under 4 characters in every script, so 4 x fit_tokens characters are plenty
+    fit_text = opts.reading.read_text(opts.corpus, max_chars=4 * opts.fit_tokens) if opts.init == "fit" else None
     report = extend_model(model, base_tokenizer, new_tokenizer, init=opts.init,
                           pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed, fit_text=fit_text,
                           fit_tokens=opts.fit_tokens, fit_l2=opts.fit_l2)
@@ -288,13 +289,3 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     print(json.dumps({"out": str(opts.output.out), **summary}, indent=2))
     return 0
 
-
-def corpus_sample(records, max_tokens: int) -> str:
-    """The first records of a corpus, joined with newlines, enough for `max_tokens` tokens (at >= 1 char each)."""
-    parts, chars = [], 0
-    for record in records:
-        parts.append(record)
-        chars += len(record) + 1
-        if chars >= 4 * max_tokens:  # plenty: tokens average under 4 characters in every script
-            break
-    return "\n".join(parts)
