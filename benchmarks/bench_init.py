@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_init.py [--base smollm2-135m] [--tokenizer DIR]
         [--corpus embedded:ko-train] [--heldout embedded:ko-heldout] [--lang ko] [--vocab-size 2000]
-        [--inits mean fit] [--fit-tokens 16384] [--max-chars 6000] [--context 512] [--stride 256]
+        [--inits mean fit] [--fit-tokens 65536] [--fit-l2 1 ...] [--max-chars 6000] [--context 512] [--stride 256]
 
 Without --tokenizer, the extension is made with `tokenizer merge` on --corpus (the demo's). Each init
 extends the base with the same tokenizer, fitting only on --corpus; the held-out text is never fitted.
@@ -25,7 +25,8 @@ def main() -> int:
     ap.add_argument("--lang", default="ko")
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--inits", nargs="+", default=["mean", "fit"])
-    ap.add_argument("--fit-tokens", type=int, default=16384)
+    ap.add_argument("--fit-tokens", type=int, default=65536)
+    ap.add_argument("--fit-l2", type=float, nargs="+", default=[1.0], help="one fit per value")
     ap.add_argument("--max-chars", type=int, default=6000)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
@@ -56,14 +57,17 @@ def main() -> int:
                            progress=False)["bits_per_char"]
 
     rows = [("base (no extension)", bpc(load_model(source, dtype="float32").eval(), base_tok), 0.0, "")]
-    for init in args.inits:
+    runs = [(init, l2) for init in args.inits for l2 in (args.fit_l2 if init == "fit" else [None])]
+    for init, l2 in runs:
         model = load_model(source, dtype="float32").eval()
         start = time.perf_counter()
-        report = extend_model(model, base_tok, new_tok, init=init, fit_text=fit_text, fit_tokens=args.fit_tokens)
+        report = extend_model(model, base_tok, new_tok, init=init, fit_text=fit_text, fit_tokens=args.fit_tokens,
+                              fit_l2=l2 or 0.0)
         seconds = time.perf_counter() - start
         fit = report.get("fit")
-        note = f"sample loss {fit['loss_before']} -> {fit['loss_after']} nats/token" if fit else ""
-        rows.append((init, bpc(model.eval(), new_tok), seconds, note))
+        note = (f"{fit['sample_tokens']:,}-token sample, loss {fit['loss_before']} -> {fit['loss_after']} "
+                f"nats/token" if fit else "")
+        rows.append((init if l2 is None else f"{init}, l2 {l2:g}", bpc(model.eval(), new_tok), seconds, note))
         print(rows[-1], flush=True)
     print(f"\n{args.base} + {len(new_tok) - len(base_tok)} tokens ({tokenizer_dir}); held-out {' '.join(args.heldout)}, "
           f"{len(heldout):,} chars, context {args.context}, stride {args.stride}\n")

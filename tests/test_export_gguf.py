@@ -173,7 +173,7 @@ def tibetan_extended(request, tiny_llama_dir, tmp_path_factory):
     corpus.write_text("\n".join(TIBETAN_LINES * 20) + "\n", encoding="utf-8")
     assert main(["tokenizer", "merge", "--base", str(tiny_llama_dir), "--corpus", str(corpus), "--vocab-size", "40",
                  "--lang", "bo", "--pre-tokenizer", request.param, "--out", str(tmp / "tok")]) == 0
-    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(tmp / "tok"),
+    assert main(["model", "extend", "--init", "mean", "--base", str(tiny_llama_dir), "--tokenizer", str(tmp / "tok"),
                  "--out", str(tmp / "model")]) == 0
     return request.param, tmp / "model"
 
@@ -244,7 +244,7 @@ def llama2_tibetan_tiny(llama2_tiny, shared_data, tmp_path_factory):
     files = sorted((shared_data / "bo" / "news-tibettimes-2016").iterdir())[:200]
     assert main(["tokenizer", "merge", "--base", str(llama2_tiny), "--corpus", *map(str, files), "--vocab-size",
                  "2000", "--lang", "bo", "--out", str(tmp / "tok")]) == 0
-    assert main(["model", "extend", "--base", str(llama2_tiny), "--tokenizer", str(tmp / "tok"),
+    assert main(["model", "extend", "--init", "mean", "--base", str(llama2_tiny), "--tokenizer", str(tmp / "tok"),
                  "--out", str(tmp / "model")]) == 0
     return tmp / "model"
 
@@ -320,7 +320,7 @@ def smollm2_tibetan(shared_data, tmp_path_factory):
     files = sorted((shared_data / "bo" / "news-tibettimes-2016").iterdir())[:200]
     assert main(["tokenizer", "merge", "--base", "smollm2-135m", "--corpus", *map(str, files), "--vocab-size", "2000",
                  "--lang", "bo", "--pre-tokenizer", "qwen35", "--out", str(tmp / "tok")]) == 0
-    assert main(["model", "extend", "--base", "smollm2-135m", "--tokenizer", str(tmp / "tok"),
+    assert main(["model", "extend", "--init", "mean", "--base", "smollm2-135m", "--tokenizer", str(tmp / "tok"),
                  "--out", str(tmp / "model")]) == 0
     return tmp / "model"
 

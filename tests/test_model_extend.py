@@ -73,7 +73,7 @@ def test_extend_keeps_old_logits_and_loads_with_auto(tied, tiny_llama_dir, tiny_
 
     base_dir = tiny_llama_tied_dir if tied else tiny_llama_dir
     out = tmp_path / "ext"
-    assert main(["model", "extend", "--base", str(base_dir), "--tokenizer", str(extended_dir),
+    assert main(["model", "extend", "--init", "mean", "--base", str(base_dir), "--tokenizer", str(extended_dir),
                  "--out", str(out)]) == 0
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     ext = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -175,7 +175,8 @@ def _swapped_tokenizer(tiny_tok, out: Path) -> Path:
 def test_reordered_tokenizer_is_refused_before_writing(tiny_llama_dir, tiny_tok, tmp_path, capsys):
     bad = _swapped_tokenizer(tiny_tok, tmp_path / "swapped")
     out = tmp_path / "out"
-    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(bad), "--out", str(out)]) == 2
+    assert main(["model", "extend", "--init", "mean", "--base", str(tiny_llama_dir), "--tokenizer", str(bad),
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err
     a, b = tiny_tok.convert_ids_to_tokens([300, 301])
     assert f"id 300 is {a!r} in the base but {b!r}" in err
@@ -191,7 +192,8 @@ def test_smaller_tokenizer_is_refused_before_writing(tiny_llama_dir, tiny_tok, t
     state["model"]["merges"] = [m for m in state["model"]["merges"] if "".join(m) in state["model"]["vocab"]]
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state))).save_pretrained(tmp_path / "small")
     out = tmp_path / "out"
-    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(tmp_path / "small"),
+    assert main(["model", "extend", "--init", "mean", "--base", str(tiny_llama_dir),
+                 "--tokenizer", str(tmp_path / "small"),
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "has 500 tokens, fewer than the model's 512 (ids 500..511 are missing)" in err
@@ -218,7 +220,8 @@ def test_smollm2_tibetan_extension_keeps_old_logits(tmp_path):
     tok_dir = tmp_path / "tok"
     extend_bpe(base_tok, [TIBETAN_SEED_SENTENCE], 20, tok_dir)
     out = tmp_path / "ext"
-    assert main(["model", "extend", "--base", "smollm2-135m", "--tokenizer", str(tok_dir), "--out", str(out)]) == 0
+    assert main(["model", "extend", "--init", "mean", "--base", "smollm2-135m", "--tokenizer", str(tok_dir),
+                 "--out", str(out)]) == 0
     base = load_model("smollm2-135m", dtype="float32").eval()
     ext = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ext_tok = AutoTokenizer.from_pretrained(out)
@@ -294,7 +297,8 @@ def test_fit_output_rows_lowers_the_sample_loss_and_leaves_its_inputs_alone():
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_fit_init_changes_only_new_output_rows(tied, tiny_llama_dir, tiny_llama_tied_dir, extended_dir, tiny_tok):
+def test_fit_init_changes_only_new_output_rows(tied, tiny_llama_dir, tiny_llama_tied_dir, extended_dir, tiny_tok,
+                                                tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_tied_dir if tied else tiny_llama_dir,
@@ -315,16 +319,22 @@ def test_fit_init_changes_only_new_output_rows(tied, tiny_llama_dir, tiny_llama_
     mean = AutoModelForCausalLM.from_pretrained(tiny_llama_tied_dir if tied else tiny_llama_dir, dtype=torch.float32)
     extend_model(mean, tiny_tok, ext_tok, init="mean")
     assert not torch.allclose(w_out[512:], mean.lm_head.weight[512:])
-    if not tied:  # the input rows stay the mean rows
-        assert torch.equal(w_in[512:], mean.get_input_embeddings().weight[512:])
+    assert torch.equal(w_in[512:], mean.get_input_embeddings().weight[512:])  # the input rows stay the mean rows
+    # A tied model is untied (fitted output rows must not move the input rows) and stays untied when saved.
+    assert report["tied_embeddings"] is False and report["untied_by_init"] is tied
+    assert w_out.data_ptr() != w_in.data_ptr()
     with torch.no_grad():  # old text, old rows: the old vocabulary's logits are unchanged
         assert torch.allclose(model(old_ids).logits[..., :512], old_logits, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert torch.equal(again.lm_head.weight, w_out) and torch.equal(again.get_input_embeddings().weight, w_in)
 
 
 def test_fit_init_needs_a_corpus(tiny_llama_dir, extended_dir, tmp_path, capsys):
+    # fit is the default, so leaving out --init and --corpus is this error too
     assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(extended_dir),
-                 "--init", "fit", "--out", str(tmp_path / "m")]) == 2
-    assert "--init fit needs training text (--corpus)" in capsys.readouterr().err
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "--init fit (the default) needs training text (--corpus TRAIN_TEXT)" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
     with pytest.raises(LangadaptError, match="needs a sample"):
         extend_model(None, None, None, init="fit")

@@ -40,7 +40,8 @@ def _extend(base_dir: Path, out: Path) -> Path:
     tok.add_tokens(NEW_TOKENS)
     tok_dir = out.parent / f"{out.name}-tokenizer"
     tok.save_pretrained(tok_dir)
-    assert main(["model", "extend", "--base", str(base_dir), "--tokenizer", str(tok_dir), "--out", str(out)]) == 0
+    assert main(["model", "extend", "--init", "mean", "--base", str(base_dir), "--tokenizer", str(tok_dir),
+                 "--out", str(out)]) == 0
     return out
 
 

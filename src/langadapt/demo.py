@@ -22,11 +22,14 @@ DEMO_RECIPE = Path(__file__).with_name("recipes") / "demo.yaml"
 
 
 def budget_overrides(recipe: dict, scale: float) -> dict:
-    """Recipe overrides that multiply every training step's token budget by `scale`."""
+    """Recipe overrides that multiply every token budget by `scale`: each training step's, and the
+    sample of `model extend --init fit`."""
     overrides = {f"pretrain.{i}.max_tokens": max(1, round(stage["max_tokens"] * scale))
                  for i, stage in enumerate(recipe.get("pretrain") or []) if stage.get("max_tokens")}
     if (recipe.get("sft") or {}).get("max_tokens"):
         overrides["sft.max_tokens"] = max(1, round(recipe["sft"]["max_tokens"] * scale))
+    if (recipe.get("model") or {}).get("fit_tokens"):
+        overrides["model.fit_tokens"] = max(2, round(recipe["model"]["fit_tokens"] * scale))
     return overrides
 
 
@@ -38,8 +41,8 @@ class DemoOptions(Options):
     vocabulary), evaluate, and print where the report is."""
 
     out: str = option("runs/demo", metavar="DIR", help="run directory")
-    scale: float = option(1.0, help="multiply every training budget (tokens) by this factor, e.g. 0.1 for a quick "
-                                    "look")
+    scale: float = option(1.0, help="multiply every token budget (training, and the fit init's sample) by this "
+                                    "factor, e.g. 0.1 for a quick look")
     dry_run: bool = option(False, help="print the plan only")
 
     def __post_init__(self):

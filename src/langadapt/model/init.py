@@ -2,17 +2,19 @@
 
 - `mean`: a new token's row is the mean of the base rows of the pieces the base tokenizer makes
   of it (input rows from the input embedding, output rows from the LM head).
-- `fit`: start from `mean`, then fit the new *output* rows by softmax regression on the frozen
-  model's final hidden states over a sample of the training corpus, tokenized with the new
-  tokenizer. The old rows stay fixed, so the problem is convex in the new rows and needs no
-  backward pass through the transformer: one forward pass collects the hidden states, then
+- `fit`: input rows as `mean`; the new *output* rows fitted by softmax regression on the
+  extended model's own final hidden states over a sample of the training corpus, tokenized with
+  the new tokenizer. The old rows stay fixed, so the problem is convex in the new rows and needs
+  no backward pass through the transformer: one forward pass collects the hidden states, then
   L-BFGS minimises the cross-entropy of the sample over the whole vocabulary plus an L2 pull
-  towards the `mean` rows (new tokens the sample never shows stay near their mean rows). For a
-  model with tied embeddings the fitted rows are the input rows too.
+  towards the `mean` rows (new tokens the sample seldom shows stay near their mean rows). A model
+  with tied embeddings is untied first: fitted output rows used as input rows would change the
+  very hidden states they were fitted on (measured: worse than `mean`).
 
-Mean rows give a new token about the average logit of its pieces, far from the probability the
-base model gives the whole piece sequence, so a partly known language loses bits per character
-when its words become single tokens. Fitting the output rows on real contexts restores that.
+Mean output rows give a new token about the average logit of its pieces, far from the
+probability the base model gives the whole piece sequence: the costliest are frequent short
+tokens (a Korean particle as one token instead of its two or three byte pieces loses 3-5 nats
+each time it occurs). Fitting the output rows on real contexts restores most of that.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def final_hidden_states(model, ids: list[int], bos: int | None, block_size: int 
 
 
 def fit_output_rows(hidden: torch.Tensor, targets: torch.Tensor, old_rows: torch.Tensor, start: torch.Tensor,
-                    l2: float = 1e-3, max_iter: int = 40, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
+                    l2: float = 1.0, max_iter: int = 40, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
     """New output rows W minimising, over the sample, the mean cross-entropy of
     softmax([hidden @ old_rows.T, hidden @ W.T]) at `targets` + l2 * mean squared distance of W to
     `start`. Pure: the inputs are not changed. Returns (W, {loss_before, loss_after, iterations}).
