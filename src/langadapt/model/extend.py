@@ -173,15 +173,15 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                 if old_bias is not None:
                     head.bias[padding] = old_bias.mean().to(head.bias.dtype)
 
-    untied = init == "fit" and tied and bool(new_ids)
-    if untied:
-        untie_output_embeddings(model)
-    fit = _fit_new_output_rows(model, new_tokenizer, new_ids, fit_text, fit_tokens, fit_l2, progress) \
-        if init == "fit" and new_ids else None
+    fit = None
+    if init == "fit" and new_ids:
+        if tied:
+            untie_output_embeddings(model)
+        fit = _fit_new_output_rows(model, new_tokenizer, new_ids, fit_text, fit_tokens, fit_l2, progress)
     return {
         "init": init,
-        "tied_embeddings": tied and not untied,
-        "untied_by_init": untied,
+        "tied_embeddings": is_tied(model),
+        "untied_by_init": tied and not is_tied(model),
         "old_vocab_size": old_rows,
         "base_tokenizer_size": n_base,
         "tokenizer_size": n_tok,
