@@ -32,7 +32,8 @@ import torch
 
 from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.errors import LangadaptError
-from langadapt.model.init import base_pieces, final_hidden_states, fit_output_rows, mean_rows
+from langadapt.model.init import (FIT_L2, FIT_SAMPLE_TOKENS, base_pieces, final_hidden_states, fit_output_rows,
+                                  mean_rows)
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import OutputOptions, write_adaptation_json
@@ -108,7 +109,7 @@ def tokenizer_hash(path: str | Path) -> str | None:
 
 def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                  pad_to_multiple_of: int | None = None, seed: int = 0, fit_text: str | None = None,
-                 fit_tokens: int = 65536, fit_l2: float = 1.0, progress: bool = True) -> dict:
+                 fit_tokens: int = FIT_SAMPLE_TOKENS, fit_l2: float = FIT_L2, progress: bool = True) -> dict:
     """Resize `model` in place for `new_tokenizer` and initialise the new rows; return a report.
 
     `fit` needs `fit_text` (training text, never held-out text): its first `fit_tokens` tokens
@@ -258,10 +259,11 @@ class ModelExtendOptions(Options):
     corpus: list[str] = option([], metavar="PATH", help="training text for --init fit (never held-out text); "
                                                         + CORPUS_HELP)
     reading: ReadingOptions = embed(ReadingOptions)
-    fit_tokens: int = option(65536, metavar="N", help="--init fit: the first N tokens of --corpus are the sample "
-                                                       "(more is better: 16k tokens gave 0.5 bits/char less gain)")
-    fit_l2: float = option(1.0, help="--init fit: pull of the fitted rows towards their mean rows (1e-3 over-fits "
-                                     "the sample; chosen on a split of the training corpus)")
+    fit_tokens: int = option(FIT_SAMPLE_TOKENS, metavar="N",
+                             help="--init fit: the first N tokens of --corpus are the sample (more is better: 16k "
+                                  "tokens gave 0.5 bits/char less gain)")
+    fit_l2: float = option(FIT_L2, help="--init fit: pull of the fitted rows towards their mean rows (1e-3 over-fits "
+                                        "the sample; chosen on a split of the training corpus)")
     pad_to_multiple_of: int | None = option(None, metavar="N", help="pad the vocabulary to a multiple of N rows "
                                                                     "(padding rows get the mean of all base rows)")
     seed: int = option(0, help="seed for the random inits")

@@ -23,6 +23,10 @@ import sys
 
 import torch
 
+# Defaults of the fit, chosen on a split of the training corpus (docs/benchmarks.md, "Initialising new rows").
+FIT_SAMPLE_TOKENS = 65536
+FIT_L2 = 1.0
+
 
 def base_pieces(base_tokenizer, new_tokenizer, token_id: int) -> list[int]:
     """Base-tokenizer ids for the text of new token `token_id`.
@@ -75,7 +79,7 @@ def final_hidden_states(model, ids: list[int], bos: int | None, block_size: int 
 
 
 def fit_output_rows(hidden: torch.Tensor, targets: torch.Tensor, old_rows: torch.Tensor, start: torch.Tensor,
-                    l2: float = 1.0, max_iter: int = 40, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
+                    l2: float = FIT_L2, max_iter: int = 40, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
     """New output rows W minimising, over the sample, the mean cross-entropy of
     softmax([hidden @ old_rows.T, hidden @ W.T]) at `targets` + l2 * mean squared distance of W to
     `start`. Pure: the inputs are not changed. Returns (W, {loss_before, loss_after, iterations}).
