@@ -338,3 +338,65 @@ def test_fit_init_needs_a_corpus(tiny_llama_dir, extended_dir, tmp_path, capsys)
     assert not (tmp_path / "m").exists()
     with pytest.raises(LangadaptError, match="needs a sample"):
         extend_model(None, None, None, init="fit")
+
+
+def test_aligned_ends_pairs_the_last_piece_ending_at_each_shared_character():
+    from langadapt.model.init import aligned_ends
+
+    # "abc d": base cuts a|b|c| d (c's two byte pieces both end at 3); new cuts abc| d
+    base = [(0, 1), (1, 2), (2, 3), (2, 3), (3, 5)]
+    new = [(0, 3), (3, 5)]
+    assert aligned_ends(base, new) == [(0, 3), (1, 4)]
+    assert aligned_ends([(0, 2), (2, 4)], [(0, 1), (1, 3), (3, 4)]) == [(2, 1)]
+
+
+def test_text_chunks_cut_at_spaces_and_keep_every_character():
+    from langadapt.model.init import text_chunks
+
+    text = "가나다 라마바 사아자 차카타 파하\n" * 30
+    chunks = text_chunks(text, 40)
+    assert "".join(chunks) == text
+    assert all(len(c) <= 40 for c in chunks) and all(c[0] in " \n" for c in chunks[1:])
+    assert text_chunks("་" * 100, 30) == ["་" * 30] * 3 + ["་" * 10]  # no space: cut at the length
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_distill_init_changes_only_new_rows_and_lowers_its_loss(tied, tiny_llama_dir, tiny_llama_tied_dir,
+                                                                extended_dir, tiny_tok):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_llama_tied_dir if tied else tiny_llama_dir
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():  # a random tiny model predicts almost uniformly: sharpen it so the KL has a target
+        model.model.norm.weight *= 30
+    ext_tok = AutoTokenizer.from_pretrained(extended_dir)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.lm_head.weight.detach().clone()
+    old_ids = torch.tensor([tiny_tok("Hello world, hello.", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        old_logits = model(old_ids).logits
+    text = ((TIBETAN_SEED_SENTENCE + " " + KOREAN + "\n") * 12)
+    report = extend_model(model, tiny_tok, ext_tok, init="distill", fit_text=text, fit_tokens=300,
+                          distill_tokens=600, distill_lr=1e-2, progress=False)
+    distill = report["distill"]
+    assert distill["sample_tokens"] >= 600 and distill["aligned_positions"] > 0
+    assert distill["kl_last_tenth"] < distill["kl_first_tenth"]
+    assert report["fit"]["sample_tokens"] == 300 and report["untied_by_init"] is tied
+    w_in, w_out = model.get_input_embeddings().weight, model.lm_head.weight
+    assert torch.equal(w_in[:512], old_in) and torch.equal(w_out[:512], old_out)
+    mean = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        mean.model.norm.weight *= 30
+    extend_model(mean, tiny_tok, ext_tok, init="mean")
+    assert not torch.allclose(w_in[512:], mean.get_input_embeddings().weight[512:])  # the input rows learned
+    assert all(p.requires_grad for p in model.parameters())  # frozen only while distilling
+    with torch.no_grad():  # old text, old rows: the old vocabulary's logits are unchanged
+        assert torch.allclose(model(old_ids).logits[..., :512], old_logits, atol=1e-5)
+
+
+def test_distill_init_needs_a_corpus(tiny_llama_dir, extended_dir, tmp_path, capsys):
+    assert main(["model", "extend", "--base", str(tiny_llama_dir), "--tokenizer", str(extended_dir),
+                 "--init", "distill", "--out", str(tmp_path / "m")]) == 2
+    assert "--init distill needs training text (--corpus TRAIN_TEXT)" in capsys.readouterr().err
+    with pytest.raises(LangadaptError, match="init 'distill' needs a sample"):
+        extend_model(None, None, None, init="distill")

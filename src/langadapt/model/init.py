@@ -10,6 +10,14 @@
   towards the `mean` rows (new tokens the sample seldom shows stay near their mean rows). A model
   with tied embeddings is untied first: fitted output rows used as input rows would change the
   very hidden states they were fitted on (measured: worse than `mean`).
+- `distill`: `fit`, after new *input* rows are distilled from the base model itself. The mean of a
+  new token's byte pieces does not say which syllable it is, so the tokens that follow it are
+  predicted badly. Here the text is cut both ways, by the base tokenizer and by the new one; at
+  each character where a token ends in both, the extended model (only its new input rows
+  trainable) learns the base model's next-token distribution over the old vocabulary (KL), with
+  one Adam pass over a sample of the training corpus. The base model is the same model fed only
+  old ids (its old rows are untouched), so no second copy is loaded. The output rows are fitted
+  afterwards, on the hidden states the new input rows produce.
 
 Mean output rows give a new token about the average logit of its pieces, far from the
 probability the base model gives the whole piece sequence: the costliest are frequent short
@@ -20,12 +28,17 @@ each time it occurs). Fitting the output rows on real contexts restores most of 
 from __future__ import annotations
 
 import sys
+import time
 
 import torch
+import torch.nn.functional as F
 
 # Defaults of the fit, chosen on a split of the training corpus (docs/benchmarks.md, "Initialising new rows").
 FIT_SAMPLE_TOKENS = 65536
 FIT_L2 = 1.0
+# Defaults of the distillation (docs/benchmarks.md, "Initialising new rows", "A second method").
+DISTILL_SAMPLE_TOKENS = 32768
+DISTILL_LR = 3e-3
 
 
 def base_pieces(base_tokenizer, new_tokenizer, token_id: int) -> list[int]:
@@ -113,3 +126,113 @@ def fit_output_rows(hidden: torch.Tensor, targets: torch.Tensor, old_rows: torch
     after = objective().item()
     iterations = optimizer.state[optimizer._params[0]].get("n_iter", max_iter)
     return rows.detach(), {"loss_before": round(before, 4), "loss_after": round(after, 4), "iterations": iterations}
+
+
+def aligned_ends(base_offsets: list[tuple[int, int]], new_offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(new position, base position) for each character offset where a token ends in both tokenizations
+    of the same text, in text order. Several byte pieces of one character share its end; the last
+    of them is the position whose hidden state has seen the whole character."""
+    base_end = {end: i for i, (_, end) in enumerate(base_offsets)}
+    new_end = {end: i for i, (_, end) in enumerate(new_offsets)}
+    return [(new_end[end], base_end[end]) for end in sorted(new_end.keys() & base_end.keys())]
+
+
+def text_chunks(text: str, chars: int) -> list[str]:
+    """`text` cut into pieces of about `chars` characters, at a space or newline where there is one
+    in the second half of the piece."""
+    chunks, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + chars)
+        if end < len(text):
+            cut = max(text.rfind(" ", start + chars // 2, end), text.rfind("\n", start + chars // 2, end))
+            end = cut if cut > start else end
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
+def distill_input_rows(model, base_tokenizer, new_tokenizer, new_ids: list[int], text: str,
+                       max_tokens: int = DISTILL_SAMPLE_TOKENS, lr: float = DISTILL_LR, batch: int = 4,
+                       chunk_chars: int = 256, seed: int = 0, progress: bool = True) -> tuple[torch.Tensor, dict]:
+    """New input rows (for the contiguous ids `new_ids`) with which the model, reading `text` cut by
+    `new_tokenizer`, predicts the next token as the same model does reading it cut by `base_tokenizer`.
+
+    At every character offset where a token ends in both tokenizations (from the first new token of
+    a chunk on; before it the two inputs are the same), the loss is KL(base || extended) between the
+    next-token distributions over the old vocabulary (rows below `new_ids[0]`). One Adam pass, `batch`
+    chunks per step, linear warm-up and decay, over chunks of `text` until `max_tokens` new-tokenizer
+    tokens. Only the new input rows learn; the model is not changed (the caller writes the rows).
+    Returns (rows, figures).
+    """
+    from tqdm import tqdm
+
+    start_time = time.perf_counter()
+    decoder, emb = model.get_decoder(), model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    first, last = new_ids[0], new_ids[-1] + 1
+    old_w = head.weight[:first].detach().float()
+    old_b = None if getattr(head, "bias", None) is None else head.bias[:first].detach().float()
+    prefix = [] if new_tokenizer.bos_token_id is None else [new_tokenizer.bos_token_id]
+
+    # Both tokenizations of each chunk, up to max_tokens; then the base model's final hidden states
+    # at the aligned ends: one forward pass, no gradient.
+    pairs_of_chunks, n_tokens = [], 0
+    for chunk in text_chunks(text, chunk_chars):
+        if n_tokens >= max_tokens:
+            break
+        new = new_tokenizer(chunk, return_offsets_mapping=True, add_special_tokens=False)
+        first_new = next((i for i, t in enumerate(new["input_ids"]) if first <= t < last), None)
+        if first_new is None:
+            continue
+        base = base_tokenizer(chunk, return_offsets_mapping=True, add_special_tokens=False)
+        pairs = [(n + len(prefix), b + len(prefix))
+                 for n, b in aligned_ends(base["offset_mapping"], new["offset_mapping"]) if n >= first_new]
+        if pairs:
+            pairs_of_chunks.append((prefix + new["input_ids"], prefix + base["input_ids"], pairs))
+            n_tokens += len(new["input_ids"])
+    samples = []
+    with torch.no_grad():
+        for ids, base_ids, pairs in tqdm(pairs_of_chunks, desc="distill: base targets", unit="chunk",
+                                         file=sys.stderr, disable=not progress):
+            hidden = decoder(input_ids=torch.tensor([base_ids])).last_hidden_state[0]
+            samples.append((torch.tensor(ids), torch.tensor([n for n, _ in pairs]),
+                            hidden[[b for _, b in pairs]].float()))
+
+    rows = emb[first:last].detach().float().clone().requires_grad_(True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([rows], lr=lr)
+    steps = max(1, -(-len(samples) // batch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * (1 - s / steps))
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    losses = []
+    try:
+        for step in tqdm(range(steps), desc="distill: input rows", unit="step", file=sys.stderr,
+                         disable=not progress):
+            group = order[step * batch:(step + 1) * batch]
+            for i in group:
+                ids, positions, target = samples[i]
+                is_new = (ids >= first) & (ids < last)
+                inputs = torch.where(is_new[:, None], rows[(ids - first).clamp(0, last - first - 1)].to(emb.dtype),
+                                     emb[ids].detach())
+                hidden = decoder(inputs_embeds=inputs[None]).last_hidden_state[0, positions].float()
+                with torch.no_grad():
+                    target_logp = F.log_softmax(F.linear(target, old_w, old_b), -1)
+                logp = F.log_softmax(F.linear(hidden, old_w, old_b), -1)
+                loss = (target_logp.exp() * (target_logp - logp)).sum(-1).mean()
+                (loss / len(group)).backward()
+                losses.append(loss.item())
+            optimizer.step()
+            optimizer.zero_grad()
+            schedule.step()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    tenth = max(1, len(losses) // 10)
+    return rows.detach(), {
+        "sample_tokens": n_tokens, "chunks": len(samples), "aligned_positions": sum(len(s[1]) for s in samples),
+        "lr": lr, "steps": steps, "kl_first_tenth": round(sum(losses[:tenth]) / tenth, 4) if losses else None,
+        "kl_last_tenth": round(sum(losses[-tenth:]) / tenth, 4) if losses else None,
+        "seconds": round(time.perf_counter() - start_time, 1)}
