@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_init.py [--base smollm2-135m] [--tokenizer DIR]
         [--corpus embedded:ko-train] [--heldout embedded:ko-heldout] [--lang ko] [--vocab-size 2000]
         [--inits mean fit distill] [--fit-tokens 65536] [--fit-l2 1 ...] [--distill-tokens 32768]
-        [--distill-lr 3e-3] [--max-chars 6000] [--context 512] [--stride 256]
+        [--distill-lr 0.022] [--max-chars 6000] [--context 512] [--stride 256]
 
 Without --tokenizer, the extension is made with `tokenizer merge` on --corpus (the demo's). Each init
 extends the base with the same tokenizer, fitting only on --corpus; the held-out text is never fitted.
@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--fit-tokens", type=int, default=65536)
     ap.add_argument("--fit-l2", type=float, nargs="+", default=[1.0], help="one fit (and distill) per value")
     ap.add_argument("--distill-tokens", type=int, default=32768)
-    ap.add_argument("--distill-lr", type=float, default=3e-3)
+    ap.add_argument("--distill-lr", type=float, default=0.022, help="relative to the embedding's RMS entry")
     ap.add_argument("--max-chars", type=int, default=6000)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)

@@ -286,7 +286,8 @@ class ModelExtendOptions(Options):
     distill_tokens: int = option(DISTILL_SAMPLE_TOKENS, metavar="N",
                                  help="--init distill: the first N tokens of --corpus are the distillation sample "
                                       "(one pass; the cost grows with N)")
-    distill_lr: float = option(DISTILL_LR, help="--init distill: Adam learning rate of the new input rows")
+    distill_lr: float = option(DISTILL_LR, help="--init distill: Adam learning rate of the new input rows, relative to "
+                                                "the RMS entry of the base embedding (0.022 = 3e-3 for SmolLM2)")
     pad_to_multiple_of: int | None = option(None, metavar="N", help="pad the vocabulary to a multiple of N rows "
                                                                     "(padding rows get the mean of all base rows)")
     seed: int = option(0, help="seed for the random inits")
