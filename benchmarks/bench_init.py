@@ -38,7 +38,7 @@ def main() -> int:
     from langadapt.cli import main as cli
     from langadapt.corpus import ReadingOptions
     from langadapt.corpus import read_text
-    from langadapt.model.extend import extend_model
+    from langadapt.model.extend import FITTED, extend_model
     from langadapt.model.load import load_model
     from langadapt.model.score import bpc_of_text
     from langadapt.sources import resolve_model_source
@@ -61,7 +61,7 @@ def main() -> int:
                            progress=False)["bits_per_char"]
 
     rows = [("base (no extension)", bpc(load_model(source, dtype="float32").eval(), base_tok), 0.0, "")]
-    runs = [(init, l2) for init in args.inits for l2 in (args.fit_l2 if init in ("fit", "distill") else [None])]
+    runs = [(init, l2) for init in args.inits for l2 in (args.fit_l2 if init in FITTED else [None])]
     for init, l2 in runs:
         model = load_model(source, dtype="float32").eval()
         start = time.perf_counter()

@@ -45,6 +45,7 @@ from langadapt.tokenizer.load import load_tokenizer
 
 INIT_METHODS = ("fit", "distill", "mean", "random", "hf-default")
 MEAN_BASED = ("mean", "fit", "distill")  # inits that start from the mean rows
+FITTED = ("fit", "distill")  # inits that fit the output rows on a sample of the training corpus
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -126,7 +127,7 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
     """
     if init not in INIT_METHODS:
         raise LangadaptError(f"unknown init '{init}'; choose one of {', '.join(INIT_METHODS)}")
-    if init in ("fit", "distill") and not fit_text:
+    if init in FITTED and not fit_text:
         raise LangadaptError(f"init '{init}' needs a sample of the training corpus (--corpus)")
     emb, head = check_resizable(model)
     n_base = check_extends(base_tokenizer, new_tokenizer)
@@ -182,7 +183,7 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                     head.bias[padding] = old_bias.mean().to(head.bias.dtype)
 
     fit = distill = None
-    if init in ("fit", "distill") and new_ids:
+    if init in FITTED and new_ids:
         if tied:
             untie_output_embeddings(model)
         if init == "distill":
@@ -297,7 +298,7 @@ class ModelExtendOptions(Options):
         super().__post_init__()
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise OptionError("pad_to_multiple_of", f"must be a positive integer, got {self.pad_to_multiple_of}")
-        if self.init in ("fit", "distill") and not self.corpus:
+        if self.init in FITTED and not self.corpus:
             default = " (the default)" if self.init == "fit" else ""
             raise OptionError("corpus", f"--init {self.init}{default} needs training text (--corpus TRAIN_TEXT); "
                                         "or choose --init mean")
@@ -323,7 +324,7 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     # tokens average under 4 characters in every script, so 4 x fit_tokens characters are plenty
     sample_tokens = max(opts.fit_tokens, opts.distill_tokens if opts.init == "distill" else 0)
     fit_text = (opts.reading.read_text(opts.corpus, max_chars=4 * sample_tokens)
-                if opts.init in ("fit", "distill") else None)
+                if opts.init in FITTED else None)
     report = extend_model(model, base_tokenizer, new_tokenizer, init=opts.init,
                           pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed, fit_text=fit_text,
                           fit_tokens=opts.fit_tokens, fit_l2=opts.fit_l2, distill_tokens=opts.distill_tokens,

@@ -11,8 +11,8 @@
   with tied embeddings is untied first: fitted output rows used as input rows would change the
   very hidden states they were fitted on (measured: worse than `mean`).
 - `distill`: `fit`, after new *input* rows are distilled from the base model itself. The mean of a
-  new token's byte pieces does not say which syllable it is, so the tokens that follow it are
-  predicted badly. Here the text is cut both ways, by the base tokenizer and by the new one; at
+  new token's byte pieces does not say which syllable it is, so the model reads the text worse
+  than the base did. Here the text is cut both ways, by the base tokenizer and by the new one; at
   each character where a token ends in both, the extended model (only its new input rows
   trainable) learns the base model's next-token distribution over the old vocabulary (KL), with
   one Adam pass over a sample of the training corpus. The base model is the same model fed only
