@@ -218,6 +218,7 @@ def test_demo_on_a_small_budget(tmp_path):
     assert bpc["sft"] < bpc["extended"] and bpc["pretrain-lora"] < bpc["extended"]
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "derived from the embedded training text itself" in report
+    assert not list((tmp_path / "demo").glob("*/checkpoints"))  # keep_checkpoints: false in all four runs
 
 
 def test_demo_dry_run_plans_every_step(tmp_path, capsys):

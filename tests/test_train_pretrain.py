@@ -177,6 +177,18 @@ def test_full_stage_writes_a_model_dir(tiny_llama_dir, train_corpus, tmp_path):
     assert json.loads((tmp_path / "run" / "model" / "adaptation.json").read_text())["step"] == "pretrain-full"
 
 
+def test_keep_checkpoints_false_deletes_them_once_the_result_is_written(tiny_llama_dir, train_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--model", str(tiny_llama_dir), "--corpus", str(train_corpus), "--out", str(out),
+                 "--stage", "embeddings", "--block-size", "32", "--batch-size", "4", "--max-steps", "2",
+                 "--save-steps", "1", "--eval-steps", "0", "--progress", "false", "--keep-checkpoints", "false",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert not (out / "checkpoints").exists()
+    record = json.loads((out / "adapter" / "adaptation.json").read_text())
+    assert record["steps"] == 2 and record["recipe"]["keep_checkpoints"] is False
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+
+
 def test_bad_input_errors(tiny_llama_dir, train_corpus, tmp_path):
     with pytest.raises(LangadaptError, match="block_size 512 is beyond the model's context of 256 positions"):
         pretrain(_recipe(tiny_llama_dir, train_corpus, tmp_path / "a", block_size=512))

@@ -15,7 +15,7 @@ are one tensor and train once. Stages `embeddings` and `lora` train a peft adapt
 as it does any peft model.
 
 A run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
-everything in it is written), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
+everything in it is written; deleted at the end with `keep_checkpoints` false), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
 `adapter/` (a peft adapter + tokenizer + `adaptation.json`; merge it with `langadapt merge`) or,
 for stage `full`, `model/` (a full model dir).
 """
@@ -383,6 +383,8 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
         save_result(model, tokenizer, options, inherit_from, out, summary, f"{task.step}-{options.stage}")
         if (out / METRICS_FILE).is_file():
             plot_curves(out / METRICS_FILE, out / "curves.png")
+        if not options.keep_checkpoints:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the result is written: nothing to resume
     state.wait_for_everyone()
     return summary, model
 

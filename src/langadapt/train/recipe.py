@@ -50,6 +50,10 @@ class TrainOptions(Options):
                                        "steps (0: only at the end)")
     save_steps: int = option(200, help="checkpoint every N steps")
     save_total_limit: int = option(3, help="checkpoints kept")
+    keep_checkpoints: bool = option(True, help="keep checkpoints/ after the run has finished and written its result "
+                                               "(they hold the optimizer state, to train on with --resume and a larger "
+                                               "budget); false deletes them then, saving disk (each is about 3x the "
+                                               "adapter: the trained weights and Adam's two moments)")
     seed: int = option(42, help="random seed (data order, LoRA init)")
     gradient_checkpointing: bool = option(True, help="recompute activations in the backward pass (less memory, "
                                                      "~30% slower)")
