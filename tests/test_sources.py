@@ -106,17 +106,21 @@ def test_vocab_only_gguf_is_not_a_model(shared_data, home):
     assert not home.exists()
 
 
-def test_cache_dir_depends_on_home_and_file_state(tiny_llama_gguf, home, tmp_path):
+def test_cache_dir_depends_on_home_and_file_contents(tiny_llama_gguf, home, tmp_path):
     first = gguf_cache_dir(tiny_llama_gguf)
     assert first.parent == home / "models"
     assert first.name.startswith("tiny-llama.F32-")
     copy = tmp_path / "tiny-llama.F32.gguf"
     copy.write_bytes(tiny_llama_gguf.read_bytes())
-    assert gguf_cache_dir(copy) != first  # another file: another entry
+    assert gguf_cache_dir(copy) == first  # the same file installed elsewhere: the same conversion
     os.utime(copy, ns=(1, 1))
-    before = gguf_cache_dir(copy)
-    os.utime(copy, ns=(2, 2))
-    assert gguf_cache_dir(copy) != before  # a touched file is converted again
+    assert gguf_cache_dir(copy) == first
+    with open(copy, "r+b") as f:  # a changed file (same size) is converted again
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    assert gguf_cache_dir(copy) != first
 
 
 def test_gguf_converts_once_into_a_normal_hf_dir(tiny_llama_gguf, tiny_llama_dir, home):

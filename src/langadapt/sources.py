@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -87,16 +88,35 @@ def gguf_tensor_count(path: str | os.PathLike) -> int:
     return int.from_bytes(header[8:16], "little")
 
 
+def file_sha256_memo(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered per (resolved path, size, mtime, inode) under the langadapt home."""
+    from langadapt.outputs import file_sha256, write_json_atomic
+
+    p = Path(path).resolve()
+    st = p.stat()
+    identity = f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    memo = langadapt_home() / "file-hashes" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
+    try:
+        record = json.loads(memo.read_text(encoding="utf-8"))
+        if record.get("identity") == identity:
+            return record["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass  # not remembered yet, or an unreadable record: hash again
+    digest = file_sha256(p)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(memo, {"identity": identity, "sha256": digest})
+    return digest
+
+
 def gguf_cache_dir(gguf_path: str | os.PathLike) -> Path:
     """The cache folder for a converted GGUF: `<home>/models/<stem>-<key>`.
 
-    The key hashes the file's resolved path, size and modification time, so a changed or
-    different file gets its own conversion without reading gigabytes to hash them.
+    The key is the file's sha256 (read once, then remembered per path, size, mtime and inode), so
+    the same file installed again elsewhere (a new virtual environment, a fresh clone) reuses
+    the conversion instead of adding another copy, and a changed file gets its own.
     """
     p = Path(gguf_path).resolve()
-    st = p.stat()
-    key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return langadapt_home() / "models" / f"{p.stem}-{key}"
+    return langadapt_home() / "models" / f"{p.stem}-{file_sha256_memo(p)[:12]}"
 
 
 @contextmanager

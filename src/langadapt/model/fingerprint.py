@@ -2,40 +2,20 @@
 
 `model_fingerprint(dir)` is the sha256 of the names and contents of every top-level file of an
 HF model directory (weights, config, tokenizer, anything else there), so two directories share a
-fingerprint only when they hold the same files. Each file's sha256 is remembered under
-`$LANGADAPT_HOME/file-hashes/`, keyed by its resolved path, size, modification time and inode: a
-13 GB model is read once, later fingerprints cost a `stat` per file.
+fingerprint only when they hold the same files. Each file's sha256 is remembered
+(`sources.file_sha256_memo`) under `$LANGADAPT_HOME/file-hashes/`, keyed by its resolved path,
+size, modification time and inode: a 13 GB model is read once, later fingerprints cost a `stat`
+per file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from langadapt.errors import LangadaptError
-
-
-def file_sha256_memo(path: str | os.PathLike) -> str:
-    """sha256 of a file, remembered per (resolved path, size, mtime, inode) under the langadapt home."""
-    from langadapt.outputs import file_sha256, write_json_atomic
-    from langadapt.sources import langadapt_home
-
-    p = Path(path).resolve()
-    st = p.stat()
-    identity = f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    memo = langadapt_home() / "file-hashes" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
-    try:
-        record = json.loads(memo.read_text(encoding="utf-8"))
-        if record.get("identity") == identity:
-            return record["sha256"]
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass  # not remembered yet, or an unreadable record: hash again
-    digest = file_sha256(p)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(memo, {"identity": identity, "sha256": digest})
-    return digest
+from langadapt.sources import file_sha256_memo
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
