@@ -199,3 +199,25 @@ def test_failed_conversion_leaves_no_entry(tiny_llama_gguf, home, monkeypatch):
         resolve_model_source(tiny_llama_gguf)
     assert not gguf_cache_dir(tiny_llama_gguf).exists()
     assert [p for p in (home / "models").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_concurrent_writers_of_one_json_file_never_fail(tmp_path):
+    """Threads remembering the same file hash write the same memo at once (write_json_atomic)."""
+    from langadapt.outputs import write_json_atomic
+
+    target, errors = tmp_path / "memo.json", []
+
+    def worker(n):
+        try:
+            for _ in range(200):
+                write_json_atomic(target, {"writer": n})
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and json.loads(target.read_text())["writer"] in range(4)
+    assert [p.name for p in tmp_path.iterdir()] == ["memo.json"]

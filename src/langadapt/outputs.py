@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,15 @@ def atomic_output_file(out: str | os.PathLike, overwrite: bool = False) -> Itera
     tmp.replace(out)
 
 
+def _writer_tmp(path: Path) -> Path:
+    """A temporary name beside `path` that no other process or thread writing `path` uses."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
+    """Write JSON to `path` through a temporary file and a rename (safe with concurrent writers)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _writer_tmp(path)
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
@@ -93,7 +99,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 def write_jsonl_atomic(path: str | os.PathLike, records: list) -> None:
     """Write one JSON object per line to `path` through a temporary file and a rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _writer_tmp(path)
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
 
