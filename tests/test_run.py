@@ -164,12 +164,14 @@ def test_reading_options_reach_every_step_that_reads_text(tiny_recipe):
 def test_the_control_arm_trains_the_base_on_as_many_tokens(tiny_recipe):
     recipe = load_run_recipe(tiny_recipe)
     recipe["control"] = {"lora_r": 2}
+    recipe["pretrain"][1]["bpe_dropout"] = 0.3
     steps = {s.name: s for s in plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)}
     control = steps["pretrain-control"].options
     stages = [steps["pretrain-embeddings"].options, steps["pretrain-lora"].options]
     per_stage = [o.max_steps * o.batch_size * o.grad_accum * o.block_size for o in stages]
     assert (control.model, control.stage, control.lora_r, control.max_tokens) == (
         recipe["base"], "lora", 2, sum(per_stage))
+    assert stages[1].bpe_dropout == 0.3 and control.bpe_dropout == 0.0  # the control keeps the plain cut
     assert control.max_steps == -1 and steps["merge-sft-control"].options.adapter.endswith("sft-control/adapter")
     assert {"eval-bpc-control", "eval-generate-control"} <= set(steps)
 

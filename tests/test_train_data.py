@@ -124,3 +124,21 @@ def test_parallel_workers_write_the_same_cache(tok, tmp_path):
     assert [p.name for p in one] == [p.name for p in two]
     for a, b in zip(one, two):
         assert a.read_bytes() == b.read_bytes() and a.with_suffix(".hashes").read_bytes() == b.with_suffix(".hashes").read_bytes()
+
+
+def test_bpe_dropout_blocks_are_seeded_longer_cuts_of_the_same_text(tok, tmp_path):
+    corpus = make_corpus(tmp_path / "c.txt", 40)
+    plain = BlockDataset(build_token_cache(tok, CorpusSpec([corpus]), tmp_path / "cache", progress=False), 16)
+    spec = CorpusSpec([corpus], bpe_dropout=0.2, seed=7)
+    cut = BlockDataset(build_token_cache(tok, spec, tmp_path / "cache", progress=False), 16)
+    again = BlockDataset(build_token_cache(tok, spec, tmp_path / "other-cache", progress=False), 16)
+    reseeded = BlockDataset(build_token_cache(tok, CorpusSpec([corpus], bpe_dropout=0.2, seed=8), tmp_path / "cache",
+                                              progress=False), 16)
+
+    def text(data):
+        return tok.decode(data.tokens(0, data.total_tokens).tolist())
+
+    assert text(cut) == text(plain)  # the same documents, EOS-joined
+    assert cut.total_tokens > 1.1 * plain.total_tokens
+    assert cut.tokens(0, cut.total_tokens).tolist() == again.tokens(0, again.total_tokens).tolist()
+    assert reseeded.tokens(0, 200).tolist() != cut.tokens(0, 200).tolist()

@@ -9,9 +9,10 @@ Layout under the cache root (default `$LANGADAPT_HOME/blocks`):
 
 The tokenizer key is a hash of the tokenizer's full definition (vocabulary, merges, normaliser)
 and its EOS id; the file key a hash of the file's resolved path, size, mtime and the read
-options (language profile, field, column, cleaning). A file is written to a temporary name and
-renamed when complete, so an interrupted build leaves only whole files and the next run goes
-on with the files still missing (resumable); a second run with the same inputs reads no text.
+options (language profile, field, column, cleaning; with BPE-dropout, its rate and seed). A
+file is written to a temporary name and renamed when complete, so an interrupted build leaves
+only whole files and the next run goes on with the files still missing (resumable); a second
+run with the same inputs reads no text.
 Memory stays flat: records are tokenised in batches and appended to the file as they come.
 
 Blocks are a view over the concatenation of the files in corpus order: block `i` is tokens
@@ -39,6 +40,7 @@ from langadapt.corpus import ReadingOptions, expand_paths
 from langadapt.errors import LangadaptError
 from langadapt.options import to_mapping
 from langadapt.sources import langadapt_home
+from langadapt.tokenizer.dropout import DropoutSegmenter
 
 # A batch is tokenised in one call (the fast tokenizer spreads it over its threads) and then
 # appended to disk; bounding it by characters too keeps memory flat whatever the record length.
@@ -77,14 +79,22 @@ def default_cache_root() -> Path:
 
 @dataclass
 class CorpusSpec:
-    """Which text to read (`paths`) and how (`reading`)."""
+    """Which text to read (`paths`), how (`reading`), and how to cut it (with `bpe_dropout` > 0,
+    BPE-dropout seeded by `seed` and the file's cache key; else the tokenizer as it is)."""
 
     paths: list
     reading: ReadingOptions = field(default_factory=ReadingOptions)
+    bpe_dropout: float = 0.0
+    seed: int = 0
 
     def read_options(self) -> dict:
-        """What decides a file's records besides its bytes (part of the cache key)."""
-        return to_mapping(self.reading)
+        """What decides a file's tokens besides its bytes and the tokenizer (part of the cache key)."""
+        dropout = {"bpe_dropout": self.bpe_dropout, "seed": self.seed} if self.bpe_dropout else {}
+        return {**to_mapping(self.reading), **dropout}
+
+    def segmenter(self, tokenizer) -> DropoutSegmenter | None:
+        """The BPE-dropout segmenter (read once per build: it parses the whole tokenizer), or None."""
+        return DropoutSegmenter(tokenizer, self.bpe_dropout) if self.bpe_dropout else None
 
     def files(self) -> list[Path]:
         files = expand_paths(self.paths)
@@ -96,9 +106,15 @@ class CorpusSpec:
         return self.reading.iter_texts([path])
 
 
-def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar) -> dict:
-    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file, each through a rename."""
+def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar, segmenter=None) -> dict:
+    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file, each through a rename. With a
+    `segmenter`, the file is cut with BPE-dropout seeded by the corpus seed and the file's key."""
     eos = tokenizer.eos_token_id
+    if segmenter:
+        encode = segmenter.seeded(f"{corpus.seed}/{dest.name}")
+    else:
+        def encode(texts):
+            return tokenizer(texts, add_special_tokens=False)["input_ids"]
     tmp_bin = dest.with_name(f".{dest.name}.bin.tmp-{os.getpid()}")
     tmp_hash = dest.with_name(f".{dest.name}.hashes.tmp-{os.getpid()}")
     records = tokens = chars = 0
@@ -108,7 +124,7 @@ def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar) -
 
             def flush():
                 nonlocal tokens
-                ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+                ids = encode(batch)
                 flat = np.fromiter((t for seq in ids for t in (*seq, eos)), dtype=np.uint32)
                 out.write(flat.tobytes())
                 hashes.write(np.array([record_hash(t) for t in batch], dtype=np.uint64).tobytes())
@@ -149,8 +165,9 @@ class _NoBar:
 
 def _tokenize_files(tokenizer, corpus: CorpusSpec, jobs: list[tuple[Path, Path]]) -> int:
     """Worker: tokenise a group of files; return their total size in bytes (for the progress bar)."""
+    segmenter = corpus.segmenter(tokenizer)
     for path, dest in jobs:
-        _tokenize_file(tokenizer, corpus, path, dest, _NoBar())
+        _tokenize_file(tokenizer, corpus, path, dest, _NoBar(), segmenter)
     return sum(p.stat().st_size for p, _ in jobs)
 
 
@@ -177,8 +194,9 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {len(todo)} file(s)",
                   file=sys.stderr, disable=not progress) as bar:
             if workers <= 1:
+                segmenter = corpus.segmenter(tokenizer)
                 for path, dest in todo:
-                    _tokenize_file(tokenizer, corpus, path, dest, bar)
+                    _tokenize_file(tokenizer, corpus, path, dest, bar, segmenter)
             else:
                 # Small groups keep the bar moving and the work balanced; each group pickles
                 # the tokenizer once. Workers do not use the tokenizer's own threads.

@@ -62,7 +62,7 @@ class PretrainTask:
 
     def load_data(self, tokenizer, state) -> TrainingData:
         o = self.options
-        corpus = CorpusSpec(o.corpus, o.reading)
+        corpus = CorpusSpec(o.corpus, o.reading, bpe_dropout=o.bpe_dropout, seed=o.seed)
         with state.main_process_first():  # one process tokenises; the others then read the cache
             blocks = load_blocks(tokenizer, corpus, o.block_size, o.cache_dir,
                                  progress=o.progress and state.is_main_process, workers=o.cache_workers)

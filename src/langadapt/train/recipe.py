@@ -104,6 +104,12 @@ class PretrainOptions(TrainOptions):
     cache_workers: int = option(1, help="processes tokenising corpus files in parallel (1: the tokenizer's own "
                                         "threads only)")
     block_size: int = option(1024, help="tokens per training block (at most the model's context)")
+    bpe_dropout: float = option(0.0, help="cut the training text with BPE-dropout (Provilkov et al. 2020): each merge "
+                                          "skipped with this probability, seeded by `seed`, once when the block cache "
+                                          "is built (the same cut in every epoch). The blocks then also hold the shorter pieces that words the "
+                                          "tokenizer was not trained on break into; it helps an extension trained "
+                                          "on a small corpus (docs/benchmarks.md). 0: off. BPE tokenizers only; "
+                                          "tokenises at Python speed (~80k characters/s, a third of the tokenizer's)")
     new_rows_only: bool = option(False, help="train only the embedding/LM-head rows of tokens added by `model extend`")
     heldout_max_chars: int = option(20000, help="score at most this many held-out characters")
 
@@ -116,6 +122,8 @@ class PretrainOptions(TrainOptions):
         for name in ("block_size", "cache_workers", "heldout_max_chars"):
             if getattr(self, name) < 1:
                 raise OptionError(name, f"must be a positive integer, got {getattr(self, name)}")
+        if not 0 <= self.bpe_dropout < 1:
+            raise OptionError("bpe_dropout", f"must be in [0, 1), got {self.bpe_dropout}")
         if self.new_rows_only and self.stage == "full":
             raise OptionError("new_rows_only", "applies to stages embeddings and lora, not full")
 
