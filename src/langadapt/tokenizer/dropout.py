@@ -21,6 +21,7 @@ import re
 from typing import Callable
 
 from langadapt.errors import LangadaptError
+from langadapt.tokenizer.merge_bpe import merge_pairs
 
 
 def bpe_with_dropout(symbols: list[str], ranks: dict[tuple[str, str], int], dropout: float,
@@ -71,15 +72,15 @@ class DropoutSegmenter:
             raise LangadaptError(f"bpe_dropout needs a BPE tokenizer without subword prefixes or suffixes; this one "
                                  f"is {model.get('type')}")
         self.vocab: dict[str, int] = model["vocab"]
-        merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
         self.ranks: dict[tuple[str, str], int] = {}
-        for rank, pair in enumerate(merges):
+        for rank, pair in enumerate(merge_pairs(model["merges"])):
             self.ranks.setdefault(pair, rank)
         self.byte_fallback, self.ignore_merges = bool(model.get("byte_fallback")), bool(model.get("ignore_merges"))
         self.unk = self.vocab.get(model.get("unk_token") or "")
         self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         self.added = added = {t.content: i for i, t in backend.get_added_tokens_decoder().items()}
-        self.added_pattern = re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True)))) if added else None
+        self.added_pattern = (re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True))))
+                              if added else None)
         self.dropout = dropout
 
     def seeded(self, seed: int | str) -> Callable[[list[str]], list[list[int]]]:

@@ -105,7 +105,8 @@ def _check_base(data: dict) -> None:
                              f"256 byte symbols expected; {present} of them in its vocabulary)")
 
 
-def _as_pairs(merges: list) -> list[tuple[str, str]]:
+def merge_pairs(merges: list) -> list[tuple[str, str]]:
+    """A tokenizer.json merge list ("a b" strings or [a, b] lists) as pairs."""
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
 
 
@@ -166,7 +167,7 @@ def train_target_bpe(texts: Iterable[str], pattern: str, target: str, vocab_size
                                   initial_alphabet=alphabet, special_tokens=[], max_token_length=max_token_length)
     tok.train_from_iterator(texts, trainer=trainer)
     trained = json.loads(tok.to_str())["model"]
-    merges = _as_pairs(trained["merges"])
+    merges = merge_pairs(trained["merges"])
     filled = len(trained["vocab"]) >= vocab_size
     if not char_aligned:
         return merges, filled
@@ -238,7 +239,7 @@ def build_extended(base, trained: list[tuple[str, str]], num_new_tokens: int, pr
     ranges = _merged_ranges(profile.script_ranges)
     model = data["model"]
     base_vocab: dict[str, int] = model["vocab"]
-    base_merges = _as_pairs(model["merges"])
+    base_merges = merge_pairs(model["merges"])
     base_merge_set = set(base_merges)
     next_id = _next_id(data)
 

@@ -46,6 +46,7 @@ from langadapt.errors import LangadaptError
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import OutputOptions, write_adaptation_json, write_json_atomic
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
+from langadapt.tokenizer.merge_bpe import merge_pairs
 
 BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
@@ -172,7 +173,7 @@ def prune_state(state: dict, counts: np.ndarray, min_count: int = 1, byte_level:
 
     merges_out = None
     if mtype == "BPE":
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        merges = merge_pairs(model["merges"])
         ranks = {pair: r for r, pair in enumerate(merges)}
         token_to_id = model["vocab"]
         for i in [i for i, c in category.items() if c == "used" and i in id_to_token]:

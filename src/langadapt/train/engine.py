@@ -15,9 +15,10 @@ are one tensor and train once. Stages `embeddings` and `lora` train a peft adapt
 as it does any peft model.
 
 A run directory (`out`) holds `checkpoints/checkpoint-N` (each marked complete only after
-everything in it is written; deleted at the end with `keep_checkpoints` false), `metrics.jsonl`, `tensorboard/`, `curves.png` and the result:
-`adapter/` (a peft adapter + tokenizer + `adaptation.json`; merge it with `langadapt merge`) or,
-for stage `full`, `model/` (a full model dir).
+everything in it is written; deleted at the end with `keep_checkpoints` false), `metrics.jsonl`,
+`tensorboard/`, `curves.png` and the result: `adapter/` (a peft adapter + tokenizer +
+`adaptation.json`; merge it with `langadapt merge`) or, for stage `full`, `model/` (a full model
+dir).
 """
 
 from __future__ import annotations
