@@ -57,7 +57,8 @@ def test_bpe_merges_lowest_rank_first_and_leftmost_on_ties():
 @given(text=TEXT, special=SPECIAL, tail=TEXT)
 def test_rate_zero_gives_the_tokenizers_ids_byte_level(byte_level, text, special, tail):
     text = text + special + tail
-    assert DropoutSegmenter(byte_level, 0.0).encode(text, random.Random(0)) == byte_level(text, add_special_tokens=False)["input_ids"]
+    want = byte_level(text, add_special_tokens=False)["input_ids"]
+    assert DropoutSegmenter(byte_level, 0.0).encode(text, random.Random(0)) == want
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -83,6 +84,16 @@ def test_dropout_cuts_more_pieces_at_a_higher_rate(byte_level):
     assert counts == sorted(counts) and counts[0] < counts[1] and counts[2] < counts[3]
     segmenter = DropoutSegmenter(byte_level, 0.3)
     assert segmenter.seeded(1)([text]) != segmenter.seeded(2)([text])
+
+
+def test_byte_fallback_without_its_byte_tokens_gives_unk_as_the_tokenizer_does():
+    vocab = {"<unk>": 0, "▁": 1, "a": 2, "b": 3, "<0x61>": 4}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    for text in ("ab", "a주b", "é a"):
+        assert DropoutSegmenter(tok, 0.0).encode(text, random.Random(0)) == tok(text, add_special_tokens=False)[
+            "input_ids"], text
 
 
 def test_a_tokenizer_that_is_not_bpe_is_refused():

@@ -117,6 +117,7 @@ class DropoutSegmenter:
     def _piece_ids(self, piece: str) -> list[int]:
         if piece in self.vocab:
             return [self.vocab[piece]]
-        if self.byte_fallback:
-            return [self.vocab[f"<0x{b:02X}>"] for b in piece.encode("utf-8")]
-        return [self.unk] if self.unk is not None else []
+        byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in piece.encode("utf-8")] if self.byte_fallback else [None]
+        if None not in byte_ids:
+            return byte_ids
+        return [self.unk] if self.unk is not None else []  # as `tokenizers` does when a byte token is missing
