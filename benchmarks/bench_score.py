@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_score.py [--model smollm2-135m] [--text embedded:ko-heldout]
         [--lang ko] [--max-chars 6000] [--context 512] [--stride 256] [--rounds 2]
-        [--variants before exact bf16] [--json FILE]
+        [--variants before exact bf16] [--gguf FILE] [--json FILE]
 
 Loads the model once (fp32) and scores the same text with each variant, alternating their order
 from round to round so that the noise of a shared machine falls on all of them:
@@ -12,7 +12,11 @@ from round to round so that the noise of a shared machine falls on all of them:
 - `exact`: `langadapt.model.score.score_ids` (windows batched, loss on scored positions only);
 - `bf16`: the same under bf16 autocast (`autocast="bfloat16"`: fp32 weights and residual stream,
   bf16 matmuls; not exact);
-- `bf16-weights`: the same on the model loaded in bf16 (what `--dtype bfloat16` gives; not exact).
+- `bf16-weights`: the same on the model loaded in bf16 (what `--dtype bfloat16` gives; not exact);
+- `compiled`: `exact` on a copy of the model whose decoder went through `torch.compile` (compiled
+  before the rounds; the compile time is printed, not counted);
+- `llama.cpp`: the same windows through llama-cpp-python on `--gguf FILE` (e.g. `langadapt export
+  gguf smollm2-135m --type f32`), logits of every position, the NLL from them in fp64.
 
 Prints tokens/s of each (scored tokens over all rounds / seconds over all rounds), the ratio to
 `before`, bits per char and its difference from `before`; `--json FILE` writes the figures.
@@ -30,7 +34,7 @@ import time
 
 import torch
 
-VARIANTS = ["before", "exact", "bf16", "bf16-weights"]
+VARIANTS = ["before", "exact", "bf16", "bf16-weights", "compiled", "llama.cpp"]
 
 
 def score_ids_before(model, ids: list[int], context: int, stride: int) -> tuple[float, int]:
@@ -56,6 +60,24 @@ def score_ids_before(model, ids: list[int], context: int, stride: int) -> tuple[
     return nll, scored
 
 
+def score_ids_llama_cpp(llm, ids: list[int], context: int, stride: int) -> tuple[float, int]:
+    """The same windows and targets as `score_ids`, through a llama_cpp.Llama made with logits_all."""
+    import numpy as np
+
+    from langadapt.model.score import window_spans
+
+    nll, scored = 0.0, 0
+    for begin, end, start in window_spans(len(ids), context, stride):
+        llm.reset()
+        llm.eval(ids[begin:end])
+        logits = np.asarray(llm.scores[start - begin - 1:end - begin - 1], dtype=np.float64)
+        top = logits.max(1, keepdims=True)
+        lse = np.log(np.exp(logits - top).sum(1)) + top[:, 0]
+        nll += float((lse - logits[np.arange(end - start), ids[start:end]]).sum())
+        scored += end - start
+    return nll, scored
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -66,8 +88,11 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=VARIANTS[:3], choices=VARIANTS)
+    ap.add_argument("--gguf", default=None, metavar="FILE", help="the model as GGUF, for the llama.cpp variant")
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args()
+    if "llama.cpp" in args.variants and not args.gguf:
+        ap.error("the llama.cpp variant needs --gguf FILE")
 
     from langadapt.corpus import read_text
     from langadapt.model.load import load_model
@@ -83,11 +108,26 @@ def main() -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids
+    compiled_model = None
+    if "compiled" in args.variants:
+        compiled_model = load_model(source, dtype="float32").eval()
+        compiled_model.model = torch.compile(compiled_model.model, dynamic=False)
+        start = time.perf_counter()
+        score_ids(compiled_model, ids, args.context, args.stride, progress=False)
+        print(f"torch.compile and a first pass: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    llm = None
+    if "llama.cpp" in args.variants:
+        from llama_cpp import Llama
+        llm = Llama(args.gguf, n_ctx=args.context, n_batch=args.context, n_ubatch=args.context, logits_all=True,
+                    n_threads=torch.get_num_threads(), verbose=False)
+        score_ids_llama_cpp(llm, ids[:args.context], args.context, args.stride)  # warm-up
     runs = {
         "before": lambda: score_ids_before(model, ids, args.context, args.stride),
         "exact": lambda: score_ids(model, ids, args.context, args.stride, progress=False),
         "bf16": lambda: score_ids(model, ids, args.context, args.stride, progress=False, autocast="bfloat16"),
         "bf16-weights": lambda: score_ids(bf16_model, ids, args.context, args.stride, progress=False),
+        "compiled": lambda: score_ids(compiled_model, ids, args.context, args.stride, progress=False),
+        "llama.cpp": lambda: score_ids_llama_cpp(llm, ids, args.context, args.stride),
     }
     score_ids(model, ids[:args.context], args.context, args.stride, progress=False)  # warm-up
     figures = {v: {"seconds": 0.0, "tokens": 0, "nll": None} for v in args.variants}
