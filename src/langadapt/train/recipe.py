@@ -107,9 +107,10 @@ class PretrainOptions(TrainOptions):
     bpe_dropout: float = option(0.0, help="cut the training text with BPE-dropout (Provilkov et al. 2020): each merge "
                                           "skipped with this probability, seeded by `seed`, once when the block cache "
                                           "is built (the same cut in every epoch). The blocks then also hold the "
-                                          "shorter pieces that words the tokenizer was not trained on break into; it helps an extension trained "
-                                          "on a small corpus (docs/benchmarks.md). 0: off. BPE tokenizers only; "
-                                          "tokenises at Python speed (~80k characters/s, a third of the tokenizer's)")
+                                          "shorter pieces that words the tokenizer was not trained on break into; "
+                                          "it helps an extension trained on a small corpus (docs/benchmarks.md). "
+                                          "0: off. BPE tokenizers only; tokenises at Python speed (~80k "
+                                          "characters/s, a third of the tokenizer's)")
     new_rows_only: bool = option(False, help="train only the embedding/LM-head rows of tokens added by `model extend`")
     heldout_max_chars: int = option(20000, help="score at most this many held-out characters")
 
