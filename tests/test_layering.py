@@ -1,5 +1,5 @@
 """The import graph: data flows one way (corpus/lang < tokenizer < model < train < eval/serve/export <
-pipeline < cli), eval, serve and export do not import each other, and no module imports itself back."""
+arms < run_report < pipeline < cli), eval, serve and export do not import each other, and no module imports itself back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "langadapt"
 # Stage-free helpers any stage may use.
 SHARED = {"errors", "options", "outputs", "sources", "commands", "__init__"}
 LAYERS = {"lang": 1, "corpus": 2, "tokenizer": 3, "model": 4, "train": 5, "eval": 6, "serve": 6, "export": 6,
-          "run_report": 7, "pipeline": 8, "demo": 9, "cli": 10}
+          "arms": 7, "run_report": 8, "pipeline": 9, "demo": 10, "cli": 11}
 
 
 def _module(path: Path) -> str:

@@ -18,7 +18,7 @@ from train_fixtures import heldout_file, train_corpus  # noqa: F401
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 STEPS = ["tokenizer", "model", "pretrain-embeddings", "merge-pretrain-embeddings", "pretrain-lora",
          "merge-pretrain-lora", "sft", "merge-sft", "eval-tokenizers", "eval-bpc-base", "eval-bpc-extended",
-         "eval-bpc-pretrain-embeddings", "eval-bpc-pretrain-lora", "eval-bpc-sft", "eval-generate-base",
+         "eval-bpc-pretrain-embeddings", "eval-bpc-pretrain-lora", "eval-bpc-adapted", "eval-generate-base",
          "eval-generate-adapted", "report"]
 
 
@@ -58,9 +58,12 @@ def test_run_end_to_end_then_skip_then_redo_what_changed(tiny_recipe, tmp_path, 
     # trained on these very sentences, so here the extension cannot shorten them (the demo test checks that)
     rows = json.loads((out / "eval" / "tokenizers.json").read_text())["tokenizers"]
     assert [r["name"] for r in rows] == ["base", "adapted"] and rows[1]["vocab_size"] == rows[0]["vocab_size"] + 24
-    assert figures["tokens_per_char"] == [rows[0]["tokens_per_char"], rows[1]["tokens_per_char"]]
-    assert set(figures["bits_per_char"]) == {"base", "extended", "pretrain-embeddings", "pretrain-lora", "sft"}
-    assert "## Summary" in report and "![bits per character](eval/bpc.png)" in report
+    assert [(r["arm"], r["tokens_per_char"]) for r in figures["arms"]] == [
+        ("base", rows[0]["tokens_per_char"]), ("adapted", rows[1]["tokens_per_char"])]
+    assert set(figures["bits_per_char"]) == {"base", "extended", "pretrain-embeddings", "pretrain-lora", "adapted"}
+    assert figures["arms"][1]["bits_per_char"] == figures["bits_per_char"]["adapted"]
+    assert report.index("## Verdict") < report.index("## Arms") < report.index("## Sample answers")
+    assert "![bits per character](eval/bpc.png)" in report
     assert (out / "eval" / "bpc.png").is_file() and (out / "pretrain-lora" / "curves.png").is_file()
     assert len(figures["samples"]) == 1 and {"base", "adapted", "reference"} <= set(figures["samples"][0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,7 +86,7 @@ def test_run_end_to_end_then_skip_then_redo_what_changed(tiny_recipe, tmp_path, 
     assert main(["run", str(tiny_recipe)]) == 0
     printed = capsys.readouterr().out
     redone = [name for name in STEPS if f"] {name}: langadapt" in printed]
-    assert redone == ["sft", "merge-sft", "eval-bpc-sft", "eval-generate-base", "eval-generate-adapted"]
+    assert redone == ["sft", "merge-sft", "eval-bpc-adapted", "eval-generate-base", "eval-generate-adapted"]
     # a changed tokenizer redoes everything that depends on it, but not the base model's evaluation
     recipe["tokenizer"]["vocab_size"] = 20
     tiny_recipe.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
@@ -166,13 +169,13 @@ def test_the_control_arm_trains_the_base_on_as_many_tokens(tiny_recipe):
     recipe["control"] = {"lora_r": 2}
     recipe["pretrain"][1]["bpe_dropout"] = 0.3
     steps = {s.name: s for s in plan(recipe, tiny_recipe, Path(recipe["out"]), write=False)}
-    control = steps["pretrain-control"].options
+    control = steps["control/pretrain-lora"].options
     stages = [steps["pretrain-embeddings"].options, steps["pretrain-lora"].options]
     per_stage = [o.max_steps * o.batch_size * o.grad_accum * o.block_size for o in stages]
     assert (control.model, control.stage, control.lora_r, control.max_tokens) == (
         recipe["base"], "lora", 2, sum(per_stage))
     assert stages[1].bpe_dropout == 0.3 and control.bpe_dropout == 0.0  # the control keeps the plain cut
-    assert control.max_steps == -1 and steps["merge-sft-control"].options.adapter.endswith("sft-control/adapter")
+    assert control.max_steps == -1 and steps["control/merge-sft"].options.adapter.endswith("control/sft/adapter")
     assert {"eval-bpc-control", "eval-generate-control"} <= set(steps)
 
 
@@ -215,9 +218,13 @@ def test_demo_on_a_small_budget(tmp_path):
                  "eval.max_chars": 2000}
     run_recipe(DEMO_RECIPE, out=str(tmp_path / "demo"), overrides=overrides)
     figures = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert figures["tokens_per_char"][1] < 0.5 * figures["tokens_per_char"][0]
+    rows = {r["arm"]: r for r in figures["arms"]}
+    assert list(rows) == ["base", "ext-100", "ext-all", "control"]
+    assert rows["ext-all"]["tokens_per_char"] < rows["ext-100"]["tokens_per_char"] < rows["base"]["tokens_per_char"]
+    assert rows["ext-all"]["tokens_per_char"] < 0.5 * rows["base"]["tokens_per_char"]
     bpc = figures["bits_per_char"]  # training lowers the held-out bits per char of the extended model
-    assert bpc["sft"] < bpc["extended"] and bpc["pretrain-lora"] < bpc["extended"]
+    assert bpc["ext-all"] < bpc["ext-all-extended"] and bpc["ext-all-pretrain-lora"] < bpc["ext-all-extended"]
+    assert set(figures["curves"]) == {"ext-100", "ext-all", "control"} and figures["verdict"]
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "derived from the embedded training text itself" in report
     assert not list((tmp_path / "demo").glob("*/checkpoints"))  # keep_checkpoints: false in all four runs
@@ -228,7 +235,7 @@ def test_demo_dry_run_plans_every_step(tmp_path, capsys):
     printed = capsys.readouterr().out
     for step in ("tokenizer merge", "model extend", "pretrain", "sft", "eval bpc", "eval generate"):
         assert f"langadapt {step} " in printed, step
-    assert "pretrain-control" in printed and not (tmp_path / "demo" / "report.md").exists()
+    assert "control/pretrain-lora" in printed and not (tmp_path / "demo" / "report.md").exists()
     assert ("langadapt export gguf " in printed) == (importlib.util.find_spec("llama_cpp") is not None)
 
 

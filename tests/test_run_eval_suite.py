@@ -48,7 +48,7 @@ def test_the_report_tables_every_arm(tiny_llama_dir, tmp_path):
         step.output.parent.mkdir(parents=True, exist_ok=True)
         assert find(step.command).run(step.options) == 0
     figures: dict = {}
-    lines = eval_suite_section(steps, figures)
+    lines = eval_suite_section(steps, ["base", "adapted"], figures)
     text = "\n".join(lines)
     assert "## Multiple choice" in text and "| subject | n | chance | base | adapted |" in text
     base = json.loads((tmp_path / "run/eval/mc-base.json").read_text())["overall"]

@@ -142,3 +142,26 @@ def test_bpe_dropout_blocks_are_seeded_longer_cuts_of_the_same_text(tok, tmp_pat
     assert cut.total_tokens > 1.1 * plain.total_tokens
     assert cut.tokens(0, cut.total_tokens).tolist() == again.tokens(0, again.total_tokens).tolist()
     assert reseeded.tokens(0, 200).tolist() != cut.tokens(0, 200).tolist()
+
+
+def test_bpe_dropout_blocks_do_not_depend_on_where_the_file_lies(tok, tmp_path):
+    # The embedded corpus lies in each clone's virtualenv, with the install's mtime: the same text at
+    # another path and time must be cut the same way (it was not when the seed was the file's cache key).
+    (tmp_path / "a").mkdir()
+    corpus = make_corpus(tmp_path / "a" / "c.txt", 40)
+    moved = tmp_path / "elsewhere" / "deeper" / "c.txt"
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(corpus.read_bytes())
+    os.utime(moved, ns=(corpus.stat().st_mtime_ns + 10**9, corpus.stat().st_mtime_ns + 10**9))
+    assert file_key(moved, {}) != file_key(corpus, {})
+
+    def ids(path, cache):
+        data = BlockDataset(build_token_cache(tok, CorpusSpec([path], bpe_dropout=0.3, seed=5), tmp_path / cache,
+                                              progress=False), 16)
+        return data.tokens(0, data.total_tokens).tolist()
+
+    here = ids(corpus, "cache")
+    plain = BlockDataset(build_token_cache(tok, CorpusSpec([corpus]), tmp_path / "cache", progress=False), 16)
+    assert len(here) > 1.1 * plain.total_tokens  # dropout did cut the text
+    assert ids(moved, "cache") == here
+    assert ids(moved, "other-cache") == here

@@ -290,3 +290,67 @@ def test_max_minutes_stops_a_run_early(extended_tiny_dir, train_corpus, tmp_path
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     with pytest.raises(LangadaptError, match="max_minutes must be 0"):
         _recipe(extended_tiny_dir, train_corpus, tmp_path / "r2", max_minutes=-1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks bf16 on the CPU")
+def test_bf16_on_cpu_trains_under_autocast_and_saves_fp32(extended_tiny_dir, train_corpus, heldout_file, tmp_path,
+                                                          monkeypatch):
+    from transformers import Trainer
+
+    linear_out = set()  # dtypes the Linear layers return during the training steps
+    training_step = Trainer.training_step
+
+    def watched_step(self, model, *args, **kwargs):
+        hooks = [m.register_forward_hook(lambda m, i, o: linear_out.add(o.dtype))
+                 for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        try:
+            return training_step(self, model, *args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    monkeypatch.setattr(Trainer, "training_step", watched_step)
+    out = tmp_path / "run"
+    summary, model = pretrain(_recipe(extended_tiny_dir, train_corpus, out, precision="bf16", max_steps=8,
+                                      eval_steps=0, heldout=[str(heldout_file)]))
+    assert linear_out == {torch.bfloat16}  # the Trainer's CPU autocast ran the matmuls in bf16
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < losses[0] - 0.5
+    assert 0 < summary["heldout_bpc"] < 20
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp32 master weights
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert len(saved) == 2 * 7 * 2 + 2 and {t.dtype for t in saved.values()} == {torch.float32}
+    assert all(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)
+    # The returned model no longer autocasts: its logits are the fp32 logits of the saved adapter.
+    linear_out.clear()
+    hooks = [m.register_forward_hook(lambda m, i, o: linear_out.add(o.dtype))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    model.eval()
+    with torch.no_grad():
+        model(_ids())
+    for h in hooks:
+        h.remove()
+    assert linear_out == {torch.float32}
+    record = json.loads((out / "adapter" / "adaptation.json").read_text())
+    assert record["recipe"]["precision"] == "bf16"
+
+
+def test_a_budget_counted_in_another_tokenizers_tokens_trains_on_as_many_characters(
+        extended_tiny_dir, tiny_llama_dir, train_corpus, tmp_path):  # noqa: F811
+    from langadapt.tokenizer.load import load_tokenizer
+    from langadapt.train.pretrain import tokens_per_char
+
+    records = train_corpus.read_text(encoding="utf-8").splitlines()
+    base = load_tokenizer(str(tiny_llama_dir))
+    expected = (sum(len(base(r, add_special_tokens=False)["input_ids"]) + 1 for r in records)
+                / sum(len(r) for r in records))
+    assert tokens_per_char(base, iter(records)) == pytest.approx(expected, rel=1e-12)
+    out = tmp_path / "run"
+    summary, _ = pretrain(_recipe(extended_tiny_dir, train_corpus, out, max_steps=-1, max_tokens=512, eval_steps=0,
+                                  budget_tokenizer=str(tiny_llama_dir)))
+    data, budget = summary["data"], summary["budget"]
+    own = data["tokens"] / data["characters"]
+    assert budget["its_tokens"] == 512 and budget["characters"] == round(512 / expected)
+    assert budget["own_tokens"] == round(512 * own / expected)
+    assert summary["steps"] == -(-budget["own_tokens"] // (4 * 32))  # ceil: whole steps of 4 blocks of 32

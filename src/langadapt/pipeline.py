@@ -1,12 +1,17 @@
 """`langadapt run`: the whole recipe from one YAML file.
 
 A run recipe names the base model, the language, the data and one section per stage (README,
-"Recipe format"). `plan` turns it into steps, each a `langadapt` command with its options
-object, built and checked up front (so `--dry-run` is exactly "build and check every step"):
+"Recipe format"), and optionally `arms:`, named variants of those sections (`langadapt.arms`).
+`plan_run` turns it into steps, each a `langadapt` command with its options object, built and
+checked up front (so `--dry-run` is exactly "build and check every step"). For each arm:
 
     tokenizer merge|prune -> model extend|prune -> pretrain (each stage) -> merge -> sft -> merge
-    [-> the control arm: pretrain lora on the base with the same tokens -> merge -> sft -> merge]
-    -> tokenizer report, eval bpc of each model, eval generate (sample answers) -> report.md
+
+(the control arm: pretrain lora on the base with the same tokens -> merge -> sft -> merge; a step
+that an earlier arm already planned with the same command and options is not planned again, so
+arms share it), then for every arm, `base` included:
+
+    tokenizer report, eval bpc, eval generate (sample answers, speed), eval mc/tasks -> report.md
 
 Each step has a signature: its command and options, and the signatures of the earlier steps
 whose outputs it reads. `<out>/run-state.json` records the signature of every finished step; a
@@ -21,11 +26,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from langadapt.arms import ArmSpec, arm_specs
 from langadapt.commands import find
 from langadapt.corpus import ReadingOptions, expand_paths
 from langadapt.corpus.embedded import embedded_instructions
@@ -50,7 +56,8 @@ from langadapt.train.merge import MergeOptions
 from langadapt.train.recipe import PretrainOptions, SftOptions
 
 TOP_KEYS = ("name", "description", "base", "lang", "out", "data", "tokenizer", "model", "pretrain", "sft",
-            "control", "eval", "export")
+            "arms", "budget", "control", "eval", "export")
+BUDGETS = ("tokens", "characters")
 TOKENIZER_METHODS = ("extend", "prune", "keep")
 STATE_FILE = "run-state.json"
 
@@ -84,6 +91,18 @@ class EvalOptions(Options):
     mc_limit: int = option(0, help="multiple-choice questions per subject (0: all)")
     tasks: list[str] = option([], help="generation task files (eval generate: ROUGE-L / exact match per task)")
     tasks_limit: int = option(20, help="answers per generation task")
+    curve_points: int = option(4, help="held-out scores during each arm's pretraining, at equal intervals of training "
+                                       "tokens, plus one before the first step: the learning curves and the break-even "
+                                       "of the report (sets eval_steps of the stages that do not set it; 0: none)")
+    verdict_tolerance: float = option(0.10, help="the verdict names the fastest arm within this many bits/char of "
+                                                 "the best")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.curve_points < 0:
+            raise OptionError("curve_points", f"must be 0 or positive, got {self.curve_points}")
+        if self.verdict_tolerance < 0:
+            raise OptionError("verdict_tolerance", f"must be 0 or positive, got {self.verdict_tolerance}")
 
 
 @dataclass
@@ -163,101 +182,223 @@ def resolve_data_paths(values: list[str], out: Path, write: bool) -> list[str]:
 
 # ----------------------------------------------------------------------------- plan
 
+@dataclass
+class Arm:
+    """A planned arm: its final model and the steps that made it (see `langadapt.arms`)."""
+
+    name: str
+    model: str                    # its final model (the base model itself for `base`)
+    tokenizer: str                # the model dir whose tokenizer it uses
+    stages: list[str] = field(default_factory=list)    # its pretrain steps, in order (shared ones included)
+    training: list[str] = field(default_factory=list)  # every training step it depends on
+    scored: list[tuple[str, str]] = field(default_factory=list)  # (label, model) scored before its final model
+    control: bool = False
+
+
+@dataclass
+class RunPlan:
+    steps: list[Step]
+    arms: list[Arm]
+    evals: EvalOptions
+
+
+@dataclass
+class _Context:
+    """What every arm of a run shares."""
+
+    where: str
+    out: Path
+    base: str
+    corpus: list[str]
+    heldout: list[str]
+    reading: dict
+    instructions: list[str]
+    evals: EvalOptions
+    steps: list[Step] = field(default_factory=list)
+    keys: dict = field(default_factory=dict)      # content key -> step (a step two arms share runs once)
+    budget: int | None = None                     # training tokens of every arm's pretrain stages together
+    budget_in_characters: bool = False            # those tokens counted in the base tokenizer's tokens
+
+
 def plan(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> list[Step]:
     """The steps of a run recipe, in order, every options object built and checked, with signatures."""
+    return plan_run(recipe, recipe_path, out, write).steps
+
+
+def plan_run(recipe: dict, recipe_path: Path, out: Path, write: bool = True) -> RunPlan:
+    """The steps and arms of a run recipe: each arm's steps (those two arms share planned once), then the
+    evaluation of every arm, the report's inputs."""
     where = str(recipe_path)
     base, lang = str(recipe["base"]), str(recipe["lang"])
     data_section = dict(recipe.get("data") or {})
     if "lang" in data_section:
         raise LangadaptError(f"{where}: data: 'lang' is set at the top level of the recipe")
     data = from_mapping(DataOptions, {**data_section, "lang": lang}, where, section="data")
-    reading = to_mapping(data.reading)
-    corpus = resolve_data_paths(data.corpus, out, write)
-    heldout = resolve_data_paths(data.heldout, out, write)
     evals = from_mapping(EvalOptions, recipe.get("eval") or {}, where, section="eval")
+    ctx = _Context(where, out, base, resolve_data_paths(data.corpus, out, write),
+                   resolve_data_paths(data.heldout, out, write), to_mapping(data.reading),
+                   resolve_data_paths(data.instructions, out, write), evals)
+    if recipe.get("budget", "tokens") not in BUDGETS:
+        raise LangadaptError(f"{where}: budget must be tokens (every arm trains on as many of its own tokens) or "
+                             f"characters (on as many corpus characters), got '{recipe['budget']}'")
+    ctx.budget_in_characters = recipe.get("budget") == "characters"
+    own = recipe.get("pretrain") or []
+    if own:
+        ctx.budget = _stages_budget(own, [f"pretrain[{i}]" for i in range(len(own))], ctx, {})
+    arms = [Arm("base", base, base)]
+    for spec in arm_specs(recipe, where):
+        arms.append(_plan_arm(spec, ctx))
+    steps = ctx.steps
+    steps += _evaluation_steps(ctx, arms)
+    if recipe.get("export") is not None:
+        steps.append(_export_step(recipe["export"], arms, where, out))
+    _sign(steps)
+    return RunPlan(steps, arms, evals)
+
+
+def _add(ctx: _Context, step: Step) -> Step:
+    """Add `step` unless an earlier arm planned the same work (same command and options, its own
+    output paths aside); return the step the arm goes on from."""
+    known = {s.writes: k for k, s in ctx.keys.items()}
+
+    def neutral(value):
+        if isinstance(value, list):
+            return [neutral(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        for path, key in known.items():
+            if value == path or value.startswith(path + "/"):
+                return key + value[len(path):]
+        own = value == step.writes or value.startswith(step.writes + "/")
+        return "<own>" + value[len(step.writes):] if own else value
+
+    blob = json.dumps([step.command, {k: neutral(v) for k, v in to_mapping(step.options).items()}], sort_keys=True,
+                      ensure_ascii=False, default=str)
+    key = hashlib.sha256(blob.encode()).hexdigest()
+    if key not in ctx.keys:
+        ctx.keys[key] = step
+        ctx.steps.append(step)
+    return ctx.keys[key]
+
+
+def _plan_arm(spec: ArmSpec, ctx: _Context) -> Arm:
+    """The steps of one arm: tokenizer and model surgery, pretrain stages (each merged), sft (merged)."""
+    where, out, p = ctx.where, ctx.out, spec.prefix
+    at = "control: " if spec.control else (f"arms: {spec.name}: " if p else "")
     replace = {"overwrite": True}  # a step's output with another signature is replaced (outputs are atomic)
-    steps: list[Step] = []
-
-    tok_section = dict(recipe.get("tokenizer") or {})
+    tok_section = dict(spec.tokenizer)
     method = tok_section.pop("method", "extend")
+    method = "keep" if method == "none" else method
     if method not in TOKENIZER_METHODS:
-        raise LangadaptError(f"{where}: tokenizer.method must be one of {', '.join(TOKENIZER_METHODS)}, got '{method}'")
-    if method != "keep" and not corpus:
+        raise LangadaptError(f"{where}: {at}tokenizer.method must be one of extend, prune, keep (or none), "
+                             f"got '{method}'")
+    if method != "keep" and not ctx.corpus:
         raise LangadaptError(f"{where}: data.corpus is required for tokenizer.method {method}")
-    model = base
-    if method == "extend":
-        filled = {"base": base, "out": str(out / "tokenizer"), **replace, **reading,
-                  **({} if tok_section.get("add") else {"corpus": corpus})}
-        steps.append(Step("tokenizer", "tokenizer merge", _section(TokenizerMergeOptions, tok_section, filled, where,
-                                                                   "tokenizer"), out / "tokenizer"))
-        model = str(out / "model-extended")
-        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, "corpus": corpus, **reading,
-                  **replace}
-        steps.append(Step("model", "model extend", _section(ModelExtendOptions, recipe.get("model"), filled, where,
-                                                            "model"), Path(model)))
-    elif method == "prune":
-        filled = {"base": base, "corpus": corpus, "out": str(out / "tokenizer"), **replace, **reading}
-        steps.append(Step("tokenizer", "tokenizer prune", _section(TokenizerPruneOptions, tok_section, filled, where,
-                                                                   "tokenizer"), out / "tokenizer"))
-        model = str(out / "model-pruned")
-        filled = {"base": base, "tokenizer": str(out / "tokenizer"), "out": model, **replace}
-        steps.append(Step("model", "model prune", _section(ModelPruneOptions, recipe.get("model"), filled, where,
-                                                           "model"), Path(model)))
-    adapted_tokenizer = model
-    models = [("base", base)] + ([("extended" if method == "extend" else "pruned", model)] if model != base else [])
+    arm = Arm(spec.name, ctx.base, ctx.base, control=spec.control)
+    model = ctx.base
+    if method in ("extend", "prune"):
+        tok_dir = str(out / f"{p}tokenizer")
+        if method == "extend":
+            filled = {"base": ctx.base, "out": tok_dir, **replace, **ctx.reading,
+                      **({} if tok_section.get("add") else {"corpus": ctx.corpus})}
+            tok = str(_add(ctx, Step(f"{p}tokenizer", "tokenizer merge", _section(
+                TokenizerMergeOptions, tok_section, filled, where, f"{at}tokenizer"), Path(tok_dir))).output)
+            filled = {"base": ctx.base, "tokenizer": tok, "out": str(out / f"{p}model-extended"), "corpus": ctx.corpus,
+                      **ctx.reading, **replace}
+            model = str(_add(ctx, Step(f"{p}model", "model extend", _section(
+                ModelExtendOptions, spec.model, filled, where, f"{at}model"), out / f"{p}model-extended")).output)
+        else:
+            filled = {"base": ctx.base, "corpus": ctx.corpus, "out": tok_dir, **replace, **ctx.reading}
+            tok = str(_add(ctx, Step(f"{p}tokenizer", "tokenizer prune", _section(
+                TokenizerPruneOptions, tok_section, filled, where, f"{at}tokenizer"), Path(tok_dir))).output)
+            filled = {"base": ctx.base, "tokenizer": tok, "out": str(out / f"{p}model-pruned"), **replace}
+            model = str(_add(ctx, Step(f"{p}model", "model prune", _section(
+                ModelPruneOptions, spec.model, filled, where, f"{at}model"), out / f"{p}model-pruned")).output)
+        arm.scored.append(("extended" if method == "extend" else "pruned", model))
+    arm.tokenizer = model
 
-    stages = recipe.get("pretrain") or []
+    stages = spec.stages
     names = [s.get("stage", "lora") if isinstance(s, dict) else "" for s in stages]
+    sections = ["control" if spec.control else f"{at}pretrain[{i}]" for i in range(len(stages))]
+    if spec.control and not ctx.budget:
+        raise LangadaptError(f"{where}: pretrain: the stages must be budgeted in max_tokens or max_steps, so that the "
+                             "control arm trains on as many tokens")
+    fixed = {"max_tokens": ctx.budget} if spec.control else {}
+    total = _stages_budget(stages, sections, ctx, fixed)
+    if ctx.budget is None:
+        ctx.budget = total
+    elif stages and total != ctx.budget:
+        mine = f"{total:,} tokens" if total else "a budget in epochs"
+        raise LangadaptError(f"{where}: {at}pretrain: its stages train on {mine} and the recipe's on {ctx.budget:,} "
+                             "tokens; every arm gets the same budget (set max_tokens per stage so that they add up)")
     for i, stage_section in enumerate(stages):
         name = f"pretrain-{names[i]}" if names.count(names[i]) == 1 else f"pretrain-{i + 1}-{names[i]}"
-        filled = {"model": model, "corpus": corpus, "heldout": heldout, "out": str(out / name), **reading}
-        model = _train(steps, name, "pretrain", _section(PretrainOptions, stage_section, filled, where,
-                                                         f"pretrain[{i}]"), out)
-        models.append((name, model))
+        filled = {"model": model, "corpus": ctx.corpus, "heldout": ctx.heldout, "out": str(out / f"{p}{name}"),
+                  **ctx.reading, **fixed, **_curve_points(ctx, stage_section, first=(i == 0)),
+                  **({"budget_tokenizer": ctx.base} if ctx.budget_in_characters else {})}
+        options = _section(PretrainOptions, stage_section, filled, where, sections[i])
+        model = _train(ctx, f"{p}{name}", "pretrain", options, arm)
+        arm.stages.append(arm.training[-1])
+        arm.scored.append((name, model))
 
-    sft_section = recipe.get("sft")
-    instructions = resolve_data_paths(data.instructions, out, write)
-    if sft_section is not None:
-        if not instructions:
+    if spec.sft is not None:
+        if not ctx.instructions:
             raise LangadaptError(f"{where}: data.instructions (instruction files) is required for the sft step")
-        filled = {"model": model, "data": instructions, "out": str(out / "sft")}
-        sft = _section(SftOptions, sft_section, filled, where, "sft")
-        model = _train(steps, "sft", "sft", sft, out)
-        models.append(("sft", model))
-    arms = [("base", base), ("adapted", model)]
+        filled = {"model": model, "data": ctx.instructions, "out": str(out / f"{p}sft")}
+        model = _train(ctx, f"{p}sft", "sft", _section(SftOptions, spec.sft, filled, where, f"{at}sft"), arm)
+        arm.scored.append(("sft", model))
+    arm.model = model
+    arm.scored = [(label, path) for label, path in arm.scored if path != model]
+    return arm
 
-    control = recipe.get("control")
-    if control is not None:
-        arm = _control_arm(steps, control, base, corpus, heldout, reading, sft_section, instructions, where, out)
-        models.append(("control", arm))
-        arms.append(("control", arm))
 
-    if heldout:
-        report_filled = {"tokenizer": [base] + ([adapted_tokenizer] if adapted_tokenizer != base else []),
-                         "name": ["base"] + (["adapted"] if adapted_tokenizer != base else []),
-                         "corpus": heldout, **reading, "max_chars": evals.max_chars,
-                         "json": str(out / "eval" / "tokenizers.json"), "plot": str(out / "eval" / "tokenizers.png")}
+def _curve_points(ctx: _Context, section: dict, first: bool) -> dict:
+    """With eval.curve_points, every arm's pretraining scores the held-out text at the same interval of
+    training tokens, and its first stage also before its first step: learning curves comparable across
+    arms (this sets the eval_steps of the stages that do not set their own)."""
+    if not ctx.evals.curve_points or not ctx.heldout or not ctx.budget or "eval_steps" in section:
+        return {}
+    defaults = PretrainOptions.__dataclass_fields__
+    per_step = 1
+    for key in ("block_size", "batch_size", "grad_accum"):
+        per_step *= int(section.get(key, defaults[key].default))
+    interval = ctx.budget / ctx.evals.curve_points
+    return {"eval_steps": max(1, round(interval / per_step)), "eval_on_start": first}
+
+
+def _evaluation_steps(ctx: _Context, arms: list[Arm]) -> list[Step]:
+    """The tokenizer report, bits per char of every arm (and, with eval.intermediate, of the models
+    between its steps), sample answers, multiple choice and generation tasks."""
+    evals, out, reading = ctx.evals, ctx.out, ctx.reading
+    steps = []
+    if ctx.heldout:
+        tokenizers = {}
+        for arm in arms:
+            tokenizers.setdefault(arm.tokenizer, arm.name)
+        report_filled = {"tokenizer": list(tokenizers), "name": list(tokenizers.values()), "corpus": ctx.heldout,
+                         **reading, "max_chars": evals.max_chars, "json": str(out / "eval" / "tokenizers.json"),
+                         "plot": str(out / "eval" / "tokenizers.png")}
         steps.append(Step("eval-tokenizers", "tokenizer report", from_mapping(TokenizerReportOptions, report_filled,
-                                                                              where), out / "eval" / "tokenizers.json"))
-        scored = models if evals.intermediate else [(label, path) for label, path in models
-                                                    if path in dict(arms).values()]
-        for label, path in scored:
-            result = out / "eval" / f"bpc-{label}.json"
-            steps.append(Step(f"eval-bpc-{label}", "eval bpc", EvalBpcOptions(
-                model=path, text=heldout, reading=ReadingOptions(**reading), max_chars=evals.max_chars,
-                context=evals.context, stride=evals.stride or max(1, evals.context // 2), json=str(result)), result))
-    if sft_section is not None and evals.prompts > 0 and (sft.heldout or sft.heldout_share > 0):
-        for label, path in arms:
-            result = out / "eval" / f"generate-{label}.json"
-            steps.append(Step(f"eval-generate-{label}", "eval generate", EvalGenerateOptions(
-                model=path, data=[str(out / "sft" / "heldout.jsonl")], reading=ReadingOptions(**reading),
-                limit=evals.prompts, max_new_tokens=evals.max_new_tokens,
-                repetition_penalty=evals.repetition_penalty, json=str(result)), result))
-    steps += eval_suite_steps(evals, arms, reading, out)
-    if recipe.get("export") is not None:
-        steps.append(_export_step(recipe["export"], model, where, out))
-    _sign(steps)
-    return steps
+                                                                              ctx.where), out / "eval" / "tokenizers.json"))
+        for arm in arms:
+            prefix = "" if arm.name in ("base", "adapted") else f"{arm.name}-"
+            scored = [(prefix + label, path) for label, path in arm.scored] if evals.intermediate else []
+            for label, path in scored + [(arm.name, arm.model)]:
+                result = out / "eval" / f"bpc-{label}.json"
+                steps.append(Step(f"eval-bpc-{label}", "eval bpc", EvalBpcOptions(
+                    model=path, text=ctx.heldout, reading=ReadingOptions(**reading), max_chars=evals.max_chars,
+                    context=evals.context, stride=evals.stride or max(1, evals.context // 2), json=str(result)),
+                    result))
+    sft = next((s for s in ctx.steps if s.command == "sft"), None)
+    if sft is not None and evals.prompts > 0 and (sft.options.heldout or sft.options.heldout_share > 0):
+        prompts = list(sft.options.heldout) or [str(Path(sft.options.out) / "heldout.jsonl")]
+        for arm in arms:
+            result = out / "eval" / f"generate-{arm.name}.json"
+            steps.append(Step(f"eval-generate-{arm.name}", "eval generate", EvalGenerateOptions(
+                model=arm.model, data=prompts, reading=ReadingOptions(**reading), limit=evals.prompts,
+                max_new_tokens=evals.max_new_tokens, repetition_penalty=evals.repetition_penalty, json=str(result)),
+                result))
+    return steps + eval_suite_steps(evals, [(a.name, a.model) for a in arms], reading, out)
 
 
 def eval_suite_steps(evals: EvalOptions, arms: list[tuple[str, str]], reading: dict, out: Path) -> list[Step]:
@@ -278,63 +419,53 @@ def eval_suite_steps(evals: EvalOptions, arms: list[tuple[str, str]], reading: d
     return steps
 
 
-def _train(steps: list[Step], name: str, command: str, options, out: Path) -> str:
-    """Add a training step (and, for an adapter, its merge); return the resulting model dir."""
-    result = out / name / ("model" if options.stage == "full" else "adapter")
-    steps.append(Step(name, command, options, result))
+def _train(ctx: _Context, name: str, command: str, options, arm: Arm) -> str:
+    """Add a training step (and, for an adapter, its merge) to `arm`; return the resulting model dir."""
+    result = Path(options.out) / ("model" if options.stage == "full" else "adapter")
+    step = _add(ctx, Step(name, command, options, result))
+    arm.training.append(step.name)
     if options.stage == "full":
-        return str(result)
-    merged = out / f"model-{name}"
-    steps.append(Step(f"merge-{name}", "merge", MergeOptions(adapter=str(result), output=OutputOptions(
-        out=str(merged), overwrite=True)), merged))
-    return str(merged)
+        return str(step.output)
+    merged = Path(options.out).parent / f"model-{Path(options.out).name}"
+    prefix, _, stem = name.rpartition("/")
+    return str(_add(ctx, Step(f"{prefix}{'/' if prefix else ''}merge-{stem}", "merge", MergeOptions(adapter=str(step.output), output=OutputOptions(
+        out=str(merged), overwrite=True)), merged)).output)
 
 
-def _control_arm(steps: list[Step], section, base: str, corpus: list[str], heldout: list[str], reading: dict,
-                 sft_section, instructions: list[str], where: str, out: Path) -> str:
-    """The control arm: the base with its own vocabulary, LoRA-trained on the same corpus for the same
-    number of tokens as every pretrain stage of the adapted arm together, then the same sft."""
-    section = {} if section is True else section
-    if not isinstance(section, dict):
-        raise LangadaptError(f"{where}: control: must be true or a mapping of pretrain keys for the control arm")
-    stages = [s.options for s in steps if s.command == "pretrain"]
-    if not stages:
-        raise LangadaptError(f"{where}: control: needs pretrain stages to match")
-    filled = {"model": base, "corpus": corpus, "heldout": heldout, "out": str(out / "pretrain-control"), **reading,
-              "max_tokens": sum(_budget_tokens(s, where) for s in stages)}
-    # bpe_dropout is for a tokenizer extended on the corpus; on the base vocabulary it costs the
-    # control arm 0.08 bits/char (docs/benchmarks.md), so the control trains on the plain cut.
-    inherited = {k: v for k, v in to_mapping(stages[-1]).items()
-                 if k not in filled and k not in ("max_steps", "epochs", "new_rows_only", "bpe_dropout", "resume",
-                                                  "overwrite")}
-    options = _section(PretrainOptions, {**inherited, "stage": "lora", **section}, filled, where, "control")
-    model = _train(steps, "pretrain-control", "pretrain", options, out)
-    if sft_section is not None:
-        filled = {"model": model, "data": instructions, "out": str(out / "sft-control")}
-        model = _train(steps, "sft-control", "sft", _section(SftOptions, sft_section, filled, where, "sft"), out)
-    return model
-
-
-def _export_step(section, model: str, where: str, out: Path) -> Step:
-    """The adapted model as a GGUF file for llama.cpp/Ollama: `export: {gguf: TYPE}` plus any export gguf key."""
+def _export_step(section, arms: list[Arm], where: str, out: Path) -> Step:
+    """An arm's final model as a GGUF file for llama.cpp/Ollama: `export: {gguf: TYPE, arm: NAME}` plus any
+    export gguf key (the arm: the first trained one unless named)."""
     if not isinstance(section, dict):
         raise LangadaptError(f"{where}: export: must be a mapping, e.g. {{gguf: q8_0}}")
     section = dict(section)
     kind = section.pop("gguf", "q8_0")
+    trained = {a.name: a for a in arms if a.name != "base"}
+    name = str(section.pop("arm", next(iter(trained), "base")))
+    if name not in trained:
+        raise LangadaptError(f"{where}: export: arm '{name}' is not a trained arm of this recipe "
+                             f"({', '.join(trained) or 'none'})")
     path = out / "export" / f"model.{kind}.gguf"
-    filled = {"model": model, "out": str(path), "overwrite": True}
+    filled = {"model": trained[name].model, "out": str(path), "overwrite": True}
     return Step("export-gguf", "export gguf", _section(ExportGgufOptions, {"type": kind, **section}, filled, where,
                                                        "export"), path)
 
 
-def _budget_tokens(options: PretrainOptions, where: str) -> int:
+def _stages_budget(stages: list, sections: list[str], ctx: _Context, fixed: dict) -> int | None:
+    """The training tokens of pretrain stages together (each stage's options built and checked); None
+    when a stage is budgeted in epochs."""
+    filled = {"model": ctx.base, "corpus": ["-"], "out": "-", **fixed}
+    tokens = [_budget_tokens(_section(PretrainOptions, stage, filled, ctx.where, section))
+              for stage, section in zip(stages, sections)]
+    return None if None in tokens else sum(tokens)
+
+
+def _budget_tokens(options: PretrainOptions) -> int | None:
     """The tokens a pretrain stage trains on, known before it runs (max_tokens, or max_steps x tokens per step)."""
     if options.max_tokens:
         return options.max_tokens
     if options.max_steps > 0:
         return options.max_steps * options.batch_size * options.grad_accum * options.block_size
-    raise LangadaptError(f"{where}: control: the pretrain stages must be budgeted in max_tokens or max_steps, so "
-                         "that the control arm can train on as many tokens")
+    return None
 
 
 def _sign(steps: list[Step]) -> None:
@@ -367,7 +498,7 @@ def check_inputs(recipe: dict, recipe_path: Path, steps: list[Step]) -> list[str
             except LangadaptError as e:
                 raise LangadaptError(f"{where}: data: {key}: {e}") from e
             notes.append(f"data.{key}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
-    sft = next((s.options for s in steps if s.name == "sft"), None)
+    sft = next((s.options for s in steps if s.command == "sft"), None)
     if sft is not None:
         files = [p for p in sft.data if not p.endswith("data/ko-instructions.json")]
         if files:
@@ -435,7 +566,8 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     for dotted, value in (overrides or {}).items():  # e.g. {"pretrain.0.max_tokens": 20000}
         _set_dotted(recipe, dotted, value)
     out_dir = Path(out or recipe["out"])
-    steps = plan(recipe, recipe_path, out_dir, write=not dry_run)
+    run_plan = plan_run(recipe, recipe_path, out_dir, write=not dry_run)
+    steps = run_plan.steps
     names = [s.name for s in steps] + ["report"]
     if from_step is not None and from_step not in names:
         raise LangadaptError(f"--from-step {from_step}: no such step; steps: {', '.join(names)}")
@@ -468,7 +600,7 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
         seconds = execute_step(step, out_dir, state)
         print(f"  {step.name} finished in {seconds:.0f} s", flush=True)
     print(f"\n[{len(names)}/{len(names)}] report: {out_dir / 'report.md'}")
-    write_report(recipe, steps, out_dir)
+    write_report(recipe, steps, run_plan.arms, out_dir, tolerance=run_plan.evals.verdict_tolerance)
     print(f"\nrun finished in {(time.time() - total) / 60:.1f} min; report: {out_dir / 'report.md'}")
     return out_dir / "report.md"
 

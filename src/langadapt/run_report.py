@@ -1,10 +1,12 @@
-"""`report.md` of a `langadapt run`: what the adaptation changed, in tables and PNG plots.
+"""`report.md` of a `langadapt run`: which arm pays off, in a verdict, tables and PNG plots.
 
 It only renders what the run's steps wrote; it loads no model and recomputes nothing: the
-tokenizer report, bits per char of each model on the held-out text, the training summaries in
-each adapter's adaptation.json and their loss curves, and the sample answers and generation
-speed of `eval generate` for the base, the adapted model and (if the recipe has one) the control
-arm.
+tokenizer report, bits per char of each arm on the held-out text, the held-out scores logged
+during each arm's pretraining (learning curves), the training summaries in each adapter's
+adaptation.json, and the sample answers and generation speed of `eval generate` of every arm.
+The first screen is the verdict, the quality-against-speed plot with its Pareto front, the
+learning curves with the break-even against the control arm, and a table with a row per arm
+(`langadapt.arms` computes the comparison).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from langadapt.arms import ArmFigures, break_even, pareto_front, verdict
 from langadapt.outputs import ADAPTATION_FILE, write_json_atomic
 
 INSTRUCTION_NOTES = {
@@ -21,11 +24,17 @@ INSTRUCTION_NOTES = {
                                 "training bill, its rationale section -> its title. The two held-out bills are "
                                 "never used.",
 }
-ARMS = ("base", "adapted", "control")
 
 
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _metrics(path: Path) -> list[dict]:
+    """The rows of a training run's metrics.jsonl."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -55,61 +64,161 @@ def _row(label: str, values: list, digits: int = 3) -> str:
     return f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + " |"
 
 
-def summary_table(arms: list[str], toks: dict | None, bpc: dict, generate: dict) -> list[str]:
-    """The summary: tokens per character, held-out bits per char and generation speed of each arm."""
-    lines = ["| measure | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
-    if toks:
-        per_char = {r["name"]: r["tokens_per_char"] for r in toks["tokenizers"]}
-        tokenizer_of = {"base": "base", "control": "base", "adapted": "adapted" if "adapted" in per_char else "base"}
-        lines.append(_row("tokens per character (held-out)", [per_char.get(tokenizer_of[a]) for a in arms]))
-    if bpc:
-        lines.append(_row("held-out bits per character", [bpc.get(a) for a in arms]))
-    if generate:
-        lines.append(_row("generation: target-language characters/s",
-                          [(generate.get(a) or {}).get("target_chars_per_second") for a in arms], 1))
-        lines.append(_row("generation: tokens/s", [(generate.get(a) or {}).get("tokens_per_second") for a in arms], 1))
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def arm_figures(arms, steps, out: Path, toks: dict | None) -> tuple[list[ArmFigures], list[dict]]:
+    """Per arm: what the plots and the verdict need (`ArmFigures`) and the table's row."""
+    by_name = {s.name: s for s in steps}
+    per_char = {r["name"]: r["tokens_per_char"] for r in (toks or {}).get("tokenizers", [])}
+    tokenizer_name: dict = {}
+    figures, rows = [], []
+    for arm in arms:
+        tokenizer_name.setdefault(arm.tokenizer, arm.name)
+        bpc = _load(out / "eval" / f"bpc-{arm.name}.json") or {}
+        gen = _load(out / "eval" / f"generate-{arm.name}.json") or {}
+        mc = _load(out / "eval" / f"mc-{arm.name}.json") or {}
+        tasks = _load(out / "eval" / f"tasks-{arm.name}.json") or {}
+        records = [_load(by_name[n].output / ADAPTATION_FILE) or {} for n in arm.training if n in by_name]
+        curve, offset = [], 0
+        for name in arm.stages:
+            step = by_name.get(name)
+            if step is None:
+                continue
+            o = step.options
+            per_step = o.block_size * o.batch_size * o.grad_accum
+            for r in _metrics(Path(o.out) / "metrics.jsonl"):
+                if "eval_bpc" in r:
+                    curve.append((offset + int(r.get("num_input_tokens_seen") or r["step"] * per_step), r["eval_bpc"]))
+            offset += int((_load(step.output / ADAPTATION_FILE) or {}).get("tokens_seen") or o.max_tokens or 0)
+        figures.append(ArmFigures(arm.name, bpc.get("bits_per_char"), gen.get("target_chars_per_second"),
+                                  sorted(set(curve))))
+        rows.append({"arm": arm.name, "bits_per_char": bpc.get("bits_per_char"),
+                     "tokens_per_char": per_char.get(tokenizer_name[arm.tokenizer]),
+                     "target_chars_per_second": gen.get("target_chars_per_second"),
+                     "tokens_per_second": gen.get("tokens_per_second"),
+                     "training_tokens": sum(int(r.get("tokens_seen") or 0) for r in records) or None,
+                     "training_minutes": round(sum(r.get("seconds") or 0 for r in records) / 60, 1) if records else None,
+                     "mc_accuracy": (mc.get("overall") or {}).get("accuracy"), "tasks_avg": tasks.get("Avg")})
+    return figures, rows
+
+
+def arms_table(rows: list[dict]) -> list[str]:
+    """One row per arm: quality, token cost, speed, training."""
+    columns = [("held-out bits/char", "bits_per_char", 3), ("tokens/char", "tokens_per_char", 3),
+               ("target chars/s", "target_chars_per_second", 1), ("tokens/s", "tokens_per_second", 1),
+               ("training tokens", "training_tokens", 0), ("training min", "training_minutes", 1),
+               ("MC accuracy %", "mc_accuracy", 1), ("tasks Avg", "tasks_avg", 2)]
+    columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
+    lines = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    return lines + ["| " + r["arm"] + " | " + " | ".join(_fmt(r.get(key), digits) if digits else _fmt(r.get(key))
+                                                        for _, key, digits in columns) + " |" for r in rows]
+
+
+def frontier_plot(figures: list[ArmFigures], front: list[str], path: Path) -> bool:
+    """Held-out bits/char against target-language characters/s, one point per arm, the Pareto front joined."""
+    points = [f for f in figures if f.bits_per_char is not None and f.chars_per_second is not None]
+    if not points:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for f in points:
+        on = f.name in front
+        ax.scatter(f.chars_per_second, f.bits_per_char, s=60, color="tab:red" if on else "tab:gray", zorder=3)
+        ax.annotate(f.name, (f.chars_per_second, f.bits_per_char), textcoords="offset points", xytext=(6, 4))
+    line = sorted((f.chars_per_second, f.bits_per_char) for f in points if f.name in front)
+    if len(line) > 1:
+        ax.plot(*zip(*line), color="tab:red", label="Pareto front")
+        ax.legend(loc="upper left")
+    ax.set_xlabel("generation: target-language characters/s (more is faster)")
+    ax.set_ylabel("held-out bits per character (lower is better)")
+    ax.set_title("quality against speed, one point per arm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def curves_plot(figures: list[ArmFigures], path: Path) -> bool:
+    """Held-out bits/char against training tokens, every arm on one plot."""
+    curves = [f for f in figures if len(f.curve) > 1]
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for f in curves:
+        ax.plot(*zip(*f.curve), marker="o", label=f.name, linestyle="--" if f.name == "control" else "-")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out bits per character")
+    ax.set_title("learning curves (same held-out text, same interval)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def comparison_section(arms, steps, out: Path, toks: dict | None, tolerance: float, lang: str,
+                       figures: dict) -> list[str]:
+    """The first screen: verdict, frontier, learning curves, break-even and the table of arms."""
+    arm_figs, rows = arm_figures(arms, steps, out, toks)
+    if not any(r["bits_per_char"] is not None or r["target_chars_per_second"] is not None for r in rows):
+        return []
+    front = pareto_front(arm_figs)
+    control = next((f for f in arm_figs if f.name == "control"), None)
+    evens = [break_even(f.name, f.curve, control.curve) for f in arm_figs
+             if control is not None and f.name not in ("base", "control") and f.curve and control.curve]
+    evens = [e for e in evens if e is not None]
+    lines = ["## Verdict", ""]
+    lines += [f"- {v}" for v in verdict(arm_figs, tolerance, unit=lang)]
+    if front:
+        lines.append(f"- On the quality-against-speed front (no other arm both better and faster): {', '.join(front)}.")
+    for e in evens:
+        budget = max(x for x, _ in next(f for f in arm_figs if f.name == e.arm).curve)
+        lines.append(f"- Break-even against the control: {e.sentence(budget)}.")
+    lines += ["", "Single run per arm, the same corpus, seed and training tokens; bits/char on held-out text no arm "
+              "trained on (see the held-out section).", ""]
+    if frontier_plot(arm_figs, front, out / "eval" / "frontier.png"):
+        lines += ["![quality against speed](eval/frontier.png)", ""]
+    if curves_plot(arm_figs, out / "eval" / "curves.png"):
+        first = next(s for s in steps if s.name in arms[-1].stages) if arms[-1].stages else None
+        what = (f" (the first {first.options.heldout_max_chars:,} held-out characters, window {first.options.block_size}"
+                " tokens)") if first else ""
+        lines += [f"![learning curves](eval/curves.png)", "",
+                  f"Learning curves: held-out bits/char scored during pretraining{what}; the table's figures are "
+                  "the final models' (after sft, where there is one), scored with the eval settings.", ""]
+    lines += ["## Arms", ""] + arms_table(rows) + [""]
+    figures["arms"] = rows
+    figures["front"] = front
+    figures["curves"] = {f.name: f.curve for f in arm_figs if f.curve}
+    figures["break_even"] = [{"arm": e.arm, "tokens": e.tokens, "measured": e.measured, "gap_at_end": e.gap_at_end,
+                              "fit": e.fit} for e in evens]
+    figures["verdict"] = verdict(arm_figs, tolerance, unit=lang)
     return lines
 
 
-def write_report(recipe: dict, steps, out: Path) -> Path:
-    """Write <out>/report.md, <out>/report.json and <out>/eval/bpc.png from the outputs of a run's steps."""
+def write_report(recipe: dict, steps, arms, out: Path, tolerance: float = 0.10) -> Path:
+    """Write <out>/report.md, <out>/report.json and the plots under <out>/eval from the outputs of a run's steps."""
     lines = [f"# langadapt run: {recipe.get('name', out.name)}", ""]
     if recipe.get("description"):
         lines += [str(recipe["description"]).strip(), ""]
-    lines += [f"Base model `{recipe['base']}`, language `{recipe['lang']}`, run directory `{out}`.", ""]
+    lines += [f"Base model `{recipe['base']}`, language `{recipe['lang']}`, run directory `{out}`; arms: "
+              f"{', '.join(a.name for a in arms)}.", ""]
     figures: dict = {}
-
+    (out / "eval").mkdir(parents=True, exist_ok=True)
     toks = _load(out / "eval" / "tokenizers.json")
+    lines += comparison_section(arms, steps, out, toks, tolerance, str(recipe["lang"]), figures)
+    generate = {a.name: _load(out / "eval" / f"generate-{a.name}.json") for a in arms}
+    generate = {a: r for a, r in generate.items() if r}
+    lines += _samples_section(generate, figures)
     bpcs = [(s.name.removeprefix("eval-bpc-"), _load(s.output)) for s in steps if s.name.startswith("eval-bpc-")]
     bpcs = [(name, r) for name, r in bpcs if r]
-    by_name = dict(bpcs)
-    final = next((name for name, _ in reversed(bpcs) if name not in ("control", "base")), None)
-    arm_bpc = {"base": by_name.get("base"), "adapted": by_name.get(final), "control": by_name.get("control")}
-    arm_bpc = {a: r["bits_per_char"] for a, r in arm_bpc.items() if r}
-    generate = {s.name.removeprefix("eval-generate-"): _load(s.output) for s in steps
-                if s.name.startswith("eval-generate-")}
-    generate = {a: r for a, r in generate.items() if r}
-    arms = [a for a in ARMS if a in arm_bpc or a in generate] or ["base", "adapted"]
-    if toks or arm_bpc:
-        lines += ["## Summary", ""] + summary_table(arms, toks, arm_bpc, generate) + [""]
-        figures["summary"] = {"arms": arms, "bits_per_char": arm_bpc,
-                              "generation_chars_per_second": {a: g.get("target_chars_per_second")
-                                                              for a, g in generate.items()}}
-        if toks and len(toks["tokenizers"]) > 1:
-            figures["tokens_per_char"] = [toks["tokenizers"][0]["tokens_per_char"],
-                                          toks["tokenizers"][-1]["tokens_per_char"]]
-        untrained = by_name.get("extended") or by_name.get("pruned")
-        if "adapted" in arm_bpc and "base" in arm_bpc:
-            end, base = arm_bpc["adapted"], arm_bpc["base"]
-            start = (f"starts at {untrained['bits_per_char']:.3f} held-out bits per character (new rows initialised, "
-                     f"untrained) and ends" if untrained else "ends")
-            sentence = (f"The adapted model {start} at {end:.3f} held-out bits per character after {final}, "
-                        f"{'below' if end < base else 'above'} the base model's {base:.3f}")
-            if "control" in arm_bpc:
-                control = arm_bpc["control"]
-                sentence += (f" and {'below' if end < control else 'above'} the control arm's {control:.3f} (the "
-                             "base vocabulary trained on the same corpus for the same number of tokens)")
-            lines += [sentence + ".", ""]
     if toks:
         lines += ["## Tokenizer", "",
                   f"Held-out text: {toks['corpus']['chars']:,} characters, {toks['corpus']['units']:,} "
@@ -137,15 +246,16 @@ def write_report(recipe: dict, steps, out: Path) -> Path:
     lines += [INSTRUCTION_NOTES[p] + "\n" for p in data.get("instructions") or [] if p in INSTRUCTION_NOTES]
     if data.get("instructions_note"):
         lines += [str(data["instructions_note"]).strip(), ""]
-    lines += _samples_section(generate, figures)
-    lines += eval_suite_section(steps, figures)
-    gguf = next((s.output for s in steps if s.name == "export-gguf" and s.output.is_file()), None)
-    if gguf:
+    lines += eval_suite_section(steps, [a.name for a in arms], figures)
+    export = next((s for s in steps if s.name == "export-gguf" and s.output.is_file()), None)
+    if export:
+        gguf = export.output
         figures["gguf"] = str(gguf)
-        lines += ["## llama.cpp / Ollama", "", f"The adapted model as GGUF: `{gguf}` "
+        arm = next((a.name for a in arms if a.model == export.options.model), "adapted")
+        lines += ["## llama.cpp / Ollama", "", f"The {arm} arm's model as GGUF: `{gguf}` "
                   f"({gguf.stat().st_size / 1e6:.0f} MB; its tokenizer was checked against llama.cpp's when "
                   "written).", "", "```", f"llama-cli -m {gguf} -cnv",
-                  f"echo 'FROM {gguf}' > Modelfile && ollama create adapted -f Modelfile", "```", ""]
+                  f"echo 'FROM {gguf}' > Modelfile && ollama create {arm} -f Modelfile", "```", ""]
     lines += ["## Steps", "", "Each step is a `langadapt` command; re-run one by hand with:", "", "```"]
     lines += [s.text() for s in steps] + ["```", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
@@ -191,16 +301,16 @@ def _training_section(steps, out: Path, figures: dict) -> list[str]:
     return lines
 
 
-def _arm_results(steps, prefix: str) -> dict:
-    """{arm: result JSON} of the steps named prefix + arm that wrote one, in ARMS order."""
+def _arm_results(steps, prefix: str, arms: list[str]) -> dict:
+    """{arm: result JSON} of the steps named prefix + arm that wrote one, in the order of `arms`."""
     found = {s.name.removeprefix(prefix): _load(s.output) for s in steps if s.name.startswith(prefix)}
-    return {a: found[a] for a in ARMS if found.get(a)}
+    return {a: found[a] for a in arms if found.get(a)}
 
 
-def eval_suite_section(steps, figures: dict) -> list[str]:
+def eval_suite_section(steps, arms: list[str], figures: dict) -> list[str]:
     """Multiple-choice accuracy per subject and generation scores per task, one column per arm."""
     lines = []
-    mc = _arm_results(steps, "eval-mc-")
+    mc = _arm_results(steps, "eval-mc-", arms)
     if mc:
         arms, first = list(mc), next(iter(mc.values()))
         lines += ["## Multiple choice", "",
@@ -215,7 +325,7 @@ def eval_suite_section(steps, figures: dict) -> list[str]:
         lines += ["", "Questions/s: " + ", ".join(f"{a} {_fmt(r.get('questions_per_second'), 2)}"
                                                  for a, r in mc.items()), ""]
         figures["mc"] = {a: {"overall": r["overall"], "subjects": r["subjects"]} for a, r in mc.items()}
-    tasks = _arm_results(steps, "eval-tasks-")
+    tasks = _arm_results(steps, "eval-tasks-", arms)
     if tasks:
         arms, first = list(tasks), next(iter(tasks.values()))
         lines += ["## Generation tasks", "",

@@ -3,7 +3,7 @@
 The tokenizer must *extend* the model's own: every id the base tokenizer has keeps the same
 string, new tokens come after. The embedding matrix and the LM head are resized with
 transformers' `resize_token_embeddings` (tied weights stay tied, untied stay untied; only `fit`
-unties), then the new rows are written according to `init`:
+and `distill` untie), then the new rows are written according to `init`:
 
 - `mean`: a new token's row is the mean of the base rows of the pieces the *base*
   tokenizer makes of that token's bytes (input rows from the input embedding, output rows
@@ -14,6 +14,10 @@ unties), then the new rows are written according to `init`:
 - `distill`: `fit`, with new input rows first distilled from the base model: trained so that the
   model reading the new tokens predicts the next token as the base model does reading the base
   tokenizer's pieces of the same text (see `langadapt.model.init`).
+- `align` (Yamaguchi et al. 2024): a new token's rows (input, and output when untied; a tied model
+  stays tied) are the frequency-weighted mean of the base rows of the base tokens that overlap its
+  occurrences in a sample of the training corpus, both tokenizations read with character offsets
+  (see `langadapt.model.init`); new tokens the sample never shows get their `mean` rows.
 - `random`: rows drawn from N(0, initializer_range), as transformers does with `mean_resizing=False`.
 - `hf-default`: transformers' default `mean_resizing=True` (a Gaussian with the old rows'
   mean and 1e-9 times their covariance, i.e. practically the mean of all rows).
@@ -35,17 +39,19 @@ import torch
 
 from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.errors import LangadaptError
-from langadapt.model.init import (DISTILL_LR, DISTILL_SAMPLE_TOKENS, FIT_L2, FIT_SAMPLE_TOKENS, base_pieces,
-                                  distill_input_rows, final_hidden_states, fit_output_rows, mean_rows)
+from langadapt.model.init import (ALIGN_SAMPLE_TOKENS, DISTILL_LR, DISTILL_SAMPLE_TOKENS, FIT_L2, FIT_SAMPLE_TOKENS,
+                                  align_counts, base_pieces, distill_input_rows, final_hidden_states,
+                                  fit_output_rows, mean_rows, weighted_rows)
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import OutputOptions, write_adaptation_json
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
 
-INIT_METHODS = ("fit", "distill", "mean", "random", "hf-default")
-MEAN_BASED = ("mean", "fit", "distill")  # inits that start from the mean rows
+INIT_METHODS = ("fit", "distill", "align", "mean", "random", "hf-default")
+MEAN_BASED = ("mean", "fit", "distill", "align")  # inits that start from the mean rows
 FITTED = ("fit", "distill")  # inits that fit the output rows on a sample of the training corpus
+NEEDS_CORPUS = ("fit", "distill", "align")  # inits that read a sample of the training corpus (--corpus)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -116,18 +122,20 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                  pad_to_multiple_of: int | None = None, seed: int = 0, fit_text: str | None = None,
                  fit_tokens: int = FIT_SAMPLE_TOKENS, fit_l2: float = FIT_L2,
                  distill_tokens: int = DISTILL_SAMPLE_TOKENS, distill_lr: float = DISTILL_LR,
-                 progress: bool = True) -> dict:
+                 align_tokens: int = ALIGN_SAMPLE_TOKENS, progress: bool = True) -> dict:
     """Resize `model` in place for `new_tokenizer` and initialise the new rows; return a report.
 
-    `fit` and `distill` need `fit_text` (training text, never held-out text): its first `fit_tokens`
-    tokens under the new tokenizer are the regression sample, its first `distill_tokens` the
-    distillation sample. The report holds old/new vocab sizes, tied, init, the number of new tokens,
-    padding rows, for `mean`/`fit`/`distill` how many new tokens had no base pieces (they got the
-    mean of all rows), for `fit` (and `distill`) the sample and its loss, for `distill` its KL.
+    `fit`, `distill` and `align` need `fit_text` (training text, never held-out text): its first
+    `fit_tokens` tokens under the new tokenizer are the regression sample, its first `distill_tokens`
+    the distillation sample, its first `align_tokens` the alignment sample. The report holds old/new
+    vocab sizes, tied, init, the number of new tokens, padding rows, for `mean`/`fit`/`distill`/`align`
+    how many new tokens had no base pieces (they got the mean of all rows), for `fit` (and `distill`)
+    the sample and its loss, for `distill` its KL, for `align` the sample and how many new tokens got
+    aligned rows and how many fell back to their mean rows.
     """
     if init not in INIT_METHODS:
         raise LangadaptError(f"unknown init '{init}'; choose one of {', '.join(INIT_METHODS)}")
-    if init in FITTED and not fit_text:
+    if init in NEEDS_CORPUS and not fit_text:
         raise LangadaptError(f"init '{init}' needs a sample of the training corpus (--corpus)")
     emb, head = check_resizable(model)
     n_base = check_extends(base_tokenizer, new_tokenizer)
@@ -155,6 +163,7 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
     if is_tied(model) != tied:
         raise LangadaptError("resizing changed whether the embeddings are tied; refusing to write a broken model")
 
+    align = None
     with torch.no_grad():
         # Means over the base tokenizer's rows only: rows beyond it (if any) were never trained.
         in_mean, out_mean = old_in[:n_base].mean(0), old_out[:n_base].mean(0)
@@ -166,6 +175,9 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
                 if old_bias is not None:
                     head.bias[new_ids] = torch.tensor([old_bias[g].mean() if g else old_bias.mean()
                                                        for g in groups], dtype=head.bias.dtype)
+            if init == "align":
+                align = _align_new_rows(model, base_tokenizer, new_tokenizer, new_ids, fit_text, align_tokens,
+                                        old_in, None if tied else old_out, old_bias)
         elif new_ids and new_ids[0] < old_rows:
             # resize_token_embeddings keeps existing rows, so unused base rows that now hold new
             # tokens must be drawn here the same way as the appended ones.
@@ -207,6 +219,7 @@ def extend_model(model, base_tokenizer, new_tokenizer, init: str = "mean",
         "mean_init_without_base_pieces": sum(1 for g in groups if not g) if groups else None,
         "mean_init_pieces_per_token": round(sum(map(len, groups)) / len(groups), 3) if groups else None,
         "seed": seed,
+        **({"align": align} if align else {}),
         **({"distill": distill} if distill else {}),
         **({"fit": fit} if fit else {}),
     }
@@ -236,11 +249,36 @@ def _fit_new_output_rows(model, tokenizer, new_ids: list[int], text: str, max_to
     order = torch.cat([torch.arange(first), torch.arange(last, head.weight.shape[0]), torch.arange(first, last)])
     position = torch.empty_like(order)
     position[order] = torch.arange(len(order))
-    rows, figures = fit_output_rows(hidden, position[targets], old, head.weight[first:last].detach(), l2=l2)
+    rows, figures = fit_output_rows(hidden, position[targets], old, head.weight[first:last].detach(), l2=l2,
+                                    progress=progress)
     with torch.no_grad():
         head.weight[first:last] = rows.to(head.weight.dtype)
     return {"sample_tokens": len(ids), "new_token_share": round(sum(i >= first for i in ids) / max(len(ids), 1), 3),
             "l2": l2, **figures, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _align_new_rows(model, base_tokenizer, new_tokenizer, new_ids: list[int], text: str, max_tokens: int,
+                    old_in: torch.Tensor, old_out: torch.Tensor | None, old_bias: torch.Tensor | None) -> dict:
+    """Overwrite the (mean) rows of the new tokens that occur in `text` with their aligned rows:
+    the count-weighted mean of the base rows overlapping their occurrences (`align_counts`), input
+    rows from `old_in`, output rows (and bias) from `old_out` unless the model is tied (None)."""
+    start = time.perf_counter()
+    first, last = new_ids[0], new_ids[-1] + 1
+    counts, figures = align_counts(base_tokenizer, new_tokenizer, text, first, last, max_tokens=max_tokens)
+    aligned = [i for i in new_ids if i in counts]
+    if aligned:
+        rows = [counts[i] for i in aligned]
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        emb.weight[aligned] = weighted_rows(old_in, rows, emb.weight[aligned]).to(emb.weight.dtype)
+        if old_out is not None:
+            head.weight[aligned] = weighted_rows(old_out, rows, head.weight[aligned]).to(head.weight.dtype)
+            if old_bias is not None:
+                head.bias[aligned] = weighted_rows(old_bias[:, None], rows,
+                                                   head.bias[aligned][:, None])[:, 0].to(head.bias.dtype)
+    pieces = sum(sum(counts[i].values()) for i in aligned)
+    return {**figures, "aligned_tokens": len(aligned), "mean_fallback_tokens": len(new_ids) - len(aligned),
+            "base_pieces_per_occurrence": round(pieces / max(figures["new_token_occurrences"], 1), 3),
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _draw_rows(init: str, old: torch.Tensor, n: int, config) -> torch.Tensor:
@@ -256,7 +294,7 @@ def _draw_rows(init: str, old: torch.Tensor, n: int, config) -> torch.Tensor:
 @dataclass
 class ModelExtendOptions(Options):
     """Check that TOKENIZER extends the base model's own tokenizer (same strings at the same ids), resize the
-    input embeddings and the LM head (tied or untied as they were; --init fit unties), initialise the new rows
+    input embeddings and the LM head (tied or untied as they were; --init fit/distill untie), initialise the new rows
     and write a standard model directory with the tokenizer and adaptation.json. Logits over the old vocabulary
     are unchanged."""
 
@@ -274,9 +312,17 @@ class ModelExtendOptions(Options):
                             "(needs --corpus; a forward pass over the sample cut both ways and a backward pass per "
                             "step: 345 s instead of 99 s for the demo's 24k-token corpus on 2 cores; after training "
                             "0.05-0.20 bits/char better than 'fit' on held-out Korean of the corpus' kind, no gain "
-                            "on other Korean text); 'random' N(0, initializer_range); "
+                            "on other Korean text); 'align' (Yamaguchi et al. 2024, 'How Can We Effectively Expand "
+                            "the Vocabulary of LLMs with 0.01GB of Target Language Text?', arXiv:2406.11477) = "
+                            "each new token's input and output rows are the mean of the base rows of the base "
+                            "tokens that overlap its occurrences in --corpus (cut by both tokenizers, character "
+                            "offsets), "
+                            "weighted by how often each overlaps; tokens the sample never shows get 'mean' rows; "
+                            "nothing fitted, a tied model stays tied (needs --corpus; seconds); "
+                            "'random' N(0, initializer_range); "
                             "'hf-default' transformers' mean_resizing")
-    corpus: list[str] = option([], metavar="PATH", help="training text for --init fit/distill (never held-out text); "
+    corpus: list[str] = option([], metavar="PATH", help="training text for --init fit/distill/align (never held-out "
+                                                        "text); "
                                                         + CORPUS_HELP)
     reading: ReadingOptions = embed(ReadingOptions)
     fit_tokens: int = option(FIT_SAMPLE_TOKENS, metavar="N",
@@ -289,6 +335,10 @@ class ModelExtendOptions(Options):
                                       "(one pass; the cost grows with N)")
     distill_lr: float = option(DISTILL_LR, help="--init distill: Adam learning rate of the new input rows, relative to "
                                                 "the RMS entry of the base embedding (0.022 = 3e-3 for SmolLM2)")
+    align_tokens: int = option(ALIGN_SAMPLE_TOKENS, metavar="N",
+                               help="--init align: the first N tokens of --corpus (under the new tokenizer) are the "
+                                    "sample whose overlaps give the aligned rows (it only tokenizes both ways: 22k "
+                                    "tokens took 2-10 s on 2 busy cores)")
     pad_to_multiple_of: int | None = option(None, metavar="N", help="pad the vocabulary to a multiple of N rows "
                                                                     "(padding rows get the mean of all base rows)")
     seed: int = option(0, help="seed for the random inits")
@@ -298,12 +348,14 @@ class ModelExtendOptions(Options):
         super().__post_init__()
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise OptionError("pad_to_multiple_of", f"must be a positive integer, got {self.pad_to_multiple_of}")
-        if self.init in FITTED and not self.corpus:
+        if self.init in NEEDS_CORPUS and not self.corpus:
             default = " (the default)" if self.init == "fit" else ""
             raise OptionError("corpus", f"--init {self.init}{default} needs training text (--corpus TRAIN_TEXT); "
                                         "or choose --init mean")
         if self.fit_tokens < 2:
             raise OptionError("fit_tokens", f"must be at least 2, got {self.fit_tokens}")
+        if self.align_tokens < 1:
+            raise OptionError("align_tokens", f"must be at least 1, got {self.align_tokens}")
         if self.distill_tokens < 2:
             raise OptionError("distill_tokens", f"must be at least 2, got {self.distill_tokens}")
         if not self.distill_lr > 0:
@@ -322,13 +374,14 @@ def model_extend_command(opts: ModelExtendOptions) -> int:
     model = load_model(str(base_source))
     params_before = sum(p.numel() for p in model.parameters())
     # tokens average under 4 characters in every script, so 4 x fit_tokens characters are plenty
-    sample_tokens = max(opts.fit_tokens, opts.distill_tokens if opts.init == "distill" else 0)
+    sample_tokens = {"distill": max(opts.fit_tokens, opts.distill_tokens), "align": opts.align_tokens}.get(
+        opts.init, opts.fit_tokens)
     fit_text = (opts.reading.read_text(opts.corpus, max_chars=4 * sample_tokens)
-                if opts.init in FITTED else None)
+                if opts.init in NEEDS_CORPUS else None)
     report = extend_model(model, base_tokenizer, new_tokenizer, init=opts.init,
                           pad_to_multiple_of=opts.pad_to_multiple_of, seed=opts.seed, fit_text=fit_text,
                           fit_tokens=opts.fit_tokens, fit_l2=opts.fit_l2, distill_tokens=opts.distill_tokens,
-                          distill_lr=opts.distill_lr)
+                          distill_lr=opts.distill_lr, align_tokens=opts.align_tokens)
     params_after = sum(p.numel() for p in model.parameters())
 
     with opts.output.directory() as tmp:

@@ -18,6 +18,16 @@
   one Adam pass over a sample of the training corpus. The base model is the same model fed only
   old ids (its old rows are untouched), so no second copy is loaded. The output rows are fitted
   afterwards, on the hidden states the new input rows produce.
+- `align` (Yamaguchi et al. 2024, "How Can We Effectively Expand the Vocabulary of LLMs with 0.01GB
+  of Target Language Text?", arXiv:2406.11477, after their "An Empirical Study on Cross-lingual
+  Vocabulary Adaptation for Efficient Language Model Inference"): a sample of the training corpus
+  is cut by both tokenizers, with character offsets; at each occurrence of a new token every base
+  token whose character span overlaps the new token's gets one count, and the new token's rows
+  (input, and output when the head is untied) are the count-weighted mean of those base rows. So a
+  new token is the mean of the base pieces it actually replaces in running text, weighted by how
+  often each does. New tokens the sample never shows keep their `mean` rows. Nothing is fitted; a
+  tied model stays tied. For an extension by merges (`tokenizer merge`) each occurrence covers the
+  token's own pieces, so the rows are (nearly all) the `mean` rows (docs/benchmarks.md, "Align init").
 
 Mean output rows give a new token about the average logit of its pieces, far from the
 probability the base model gives the whole piece sequence: the costliest are frequent short
@@ -33,9 +43,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from langadapt.errors import LangadaptError
+
 # Defaults of the fit, chosen on a split of the training corpus (docs/benchmarks.md, "Initialising new rows").
 FIT_SAMPLE_TOKENS = 65536
 FIT_L2 = 1.0
+# Default sample of the alignment: it only tokenizes, so it can read much more than the fit.
+ALIGN_SAMPLE_TOKENS = 1_048_576
 # Defaults of the distillation (docs/benchmarks.md, "Initialising new rows", "A second method").
 DISTILL_SAMPLE_TOKENS = 32768
 DISTILL_LR = 0.022  # relative to the embedding's RMS entry: 3e-3 for SmolLM2 (RMS 0.136)
@@ -92,10 +106,13 @@ def final_hidden_states(model, ids: list[int], bos: int | None, block_size: int 
 
 
 def fit_output_rows(hidden: torch.Tensor, targets: torch.Tensor, old_rows: torch.Tensor, start: torch.Tensor,
-                    l2: float = FIT_L2, max_iter: int = 40, chunk: int = 4096) -> tuple[torch.Tensor, dict]:
+                    l2: float = FIT_L2, max_iter: int = 40, chunk: int = 4096,
+                    progress: bool = False) -> tuple[torch.Tensor, dict]:
     """New output rows W minimising, over the sample, the mean cross-entropy of
     softmax([hidden @ old_rows.T, hidden @ W.T]) at `targets` + l2 * mean squared distance of W to
     `start`. Pure: the inputs are not changed. Returns (W, {loss_before, loss_after, iterations}).
+    With `progress`, a tqdm bar on stderr counts the L-BFGS iterations (of at most `max_iter`) and
+    shows the function evaluations and the loss.
 
     The old rows are fixed, so only their logsumexp and target logit per position are needed;
     they are computed once, in chunks of `chunk` positions.
@@ -111,19 +128,30 @@ def fit_output_rows(hidden: torch.Tensor, targets: torch.Tensor, old_rows: torch
     start = start.float()
     rows = start.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([rows], lr=1, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe")
+    from tqdm import tqdm
+
+    bar = tqdm(total=max_iter, desc="fit: output rows (L-BFGS)", unit="iter", file=sys.stderr, disable=not progress)
+    evaluations = 0
 
     def objective():
+        nonlocal evaluations
         optimizer.zero_grad()
         new_logits = hidden @ rows.T
         lse = torch.logaddexp(lse_old, torch.logsumexp(new_logits, -1))
         target = torch.where(is_new, new_logits.gather(1, new_target[:, None])[:, 0], target_old)
         loss = (lse - target).mean() + l2 * ((rows - start) ** 2).sum(-1).mean()
         loss.backward()
+        if not bar.disable:
+            evaluations += 1
+            bar.update(optimizer.state.get(rows, {}).get("n_iter", 0) - bar.n)
+            bar.set_postfix(evals=evaluations, loss=f"{loss.item():.4f}")
         return loss
 
-    before = objective().item()
-    optimizer.step(objective)
-    after = objective().item()
+    with bar:
+        before = objective().item()
+        optimizer.step(objective)
+        after = objective().item()
+        bar.total = bar.n  # converged early: the bar ends full
     iterations = optimizer.state[optimizer._params[0]].get("n_iter", max_iter)
     return rows.detach(), {"loss_before": round(before, 4), "loss_after": round(after, 4), "iterations": iterations}
 
@@ -240,3 +268,89 @@ def distill_input_rows(model, base_tokenizer, new_tokenizer, new_ids: list[int],
         "kl_first_tenth": round(sum(losses[:tenth]) / tenth, 4) if losses else None,
         "kl_last_tenth": round(sum(losses[-tenth:]) / tenth, 4) if losses else None,
         "seconds": round(time.perf_counter() - start_time, 1)}
+
+
+# ----------------------------------------------------------------------------- align
+
+def overlap_counts(tokenizations, first: int, last: int) -> dict[int, dict[int, int]]:
+    """For each new id in [first, last): {base id: count} over its occurrences in `tokenizations`.
+
+    `tokenizations` yields (base_ids, base_offsets, new_ids, new_offsets) for one text cut by the
+    base and by the new tokenizer, offsets as (start, end) character spans in text order. For each
+    occurrence of a new token, span [s, e), every base token whose span [bs, be) overlaps it
+    (bs < e and be > s) gets one count; byte pieces sharing one character's span each count. A
+    new token with an empty span (s == e) counts nothing. New ids that never occur are absent.
+    Pure: only reads its arguments. (The authors' code counts each occurrence's tuple of base ids
+    once and averages within it; the two agree where a new token always covers the same pieces.)
+    """
+    counts: dict[int, dict[int, int]] = {}
+    for base_ids, base_offsets, new_ids, new_offsets in tokenizations:
+        if len(base_ids) != len(base_offsets) or len(new_ids) != len(new_offsets):
+            raise ValueError("each tokenization needs one offset pair per id")
+        k = 0  # first base token that may still overlap (spans come in text order)
+        for token, (s, e) in zip(new_ids, new_offsets):
+            if not first <= token < last or e <= s:
+                continue
+            while k < len(base_offsets) and base_offsets[k][1] <= s:
+                k += 1
+            row = counts.setdefault(token, {})
+            j = k
+            while j < len(base_offsets) and base_offsets[j][0] < e:
+                bs, be = base_offsets[j]
+                if be > s and be > bs:
+                    row[base_ids[j]] = row.get(base_ids[j], 0) + 1
+                j += 1
+            if not row:
+                del counts[token]
+    return counts
+
+
+def weighted_rows(weight: torch.Tensor, counts: list[dict[int, int]], fallback: torch.Tensor) -> torch.Tensor:
+    """One fp32 row per entry of `counts`: sum(c * weight[i]) / sum(c) over its {id: count} items,
+    or the same row of `fallback` (one row per entry) where the entry is empty."""
+    out = fallback.float().clone()
+    for n, row in enumerate(counts):
+        if row:
+            ids = torch.tensor(list(row.keys()))
+            c = torch.tensor(list(row.values()), dtype=torch.float32)
+            out[n] = (c[:, None] * weight[ids].float()).sum(0) / c.sum()
+    return out
+
+
+def align_counts(base_tokenizer, new_tokenizer, text: str, first: int, last: int,
+                 max_tokens: int = ALIGN_SAMPLE_TOKENS, chunk_chars: int = 4096,
+                 batch: int = 64) -> tuple[dict[int, dict[int, int]], dict]:
+    """`overlap_counts` over the first `max_tokens` new-tokenizer tokens of `text`, cut into
+    ~`chunk_chars` pieces at spaces (`text_chunks`) and each piece cut by both tokenizers (fast
+    tokenizers only: they give the character offsets).
+    Returns (counts, figures: sample_tokens, sample_chars, new_token_occurrences)."""
+    for name, tok in (("the base tokenizer", base_tokenizer), ("the new tokenizer", new_tokenizer)):
+        if not getattr(tok, "is_fast", False):
+            raise LangadaptError(f"init 'align' needs character offsets, which only fast (tokenizers-backed) "
+                                 f"tokenizers give; {name} ({type(tok).__name__}) is not one")
+    chunks = text_chunks(text, chunk_chars)
+    counts: dict[int, dict[int, int]] = {}
+    n_tokens, n_chars, occurrences = 0, 0, 0
+    for i in range(0, len(chunks), batch):
+        if n_tokens >= max_tokens:
+            break
+        group = chunks[i:i + batch]
+        new = new_tokenizer(group, return_offsets_mapping=True, add_special_tokens=False)
+        base = base_tokenizer(group, return_offsets_mapping=True, add_special_tokens=False)
+        for n in range(len(group)):
+            if n_tokens >= max_tokens:
+                break
+            new_ids = new["input_ids"][n][:max_tokens - n_tokens]
+            new_offsets = new["offset_mapping"][n][:len(new_ids)]
+            end = new_offsets[-1][1] if new_offsets else 0
+            # the base tokens of the same characters (a piece crossing the cut still counts whole)
+            n_base = sum(1 for s, _ in base["offset_mapping"][n] if s < end)
+            piece = (base["input_ids"][n][:n_base], base["offset_mapping"][n][:n_base], new_ids, new_offsets)
+            for token, row in overlap_counts([piece], first, last).items():
+                total = counts.setdefault(token, {})
+                for base_id, c in row.items():
+                    total[base_id] = total.get(base_id, 0) + c
+            n_tokens += len(new_ids)
+            n_chars += end if len(new_ids) < len(new["input_ids"][n]) else len(group[n])
+            occurrences += sum(1 for t in new_ids if first <= t < last)
+    return counts, {"sample_tokens": n_tokens, "sample_chars": n_chars, "new_token_occurrences": occurrences}

@@ -9,7 +9,10 @@ same logits as `langadapt merge`. What each stage stores (peft fields):
 - stage embeddings (new rows or all rows):
   `TrainableTokensConfig(token_indices=ROWS, target_modules=[EMB(, HEAD)])`;
 - stage lora, new rows: `LoraConfig(target_modules=..., trainable_token_indices={EMB: ROWS(, HEAD: ROWS)})`;
-- stage lora, all rows: `LoraConfig(target_modules=..., modules_to_save=[EMB(, HEAD)], ensure_weight_tying=TIED)`.
+- stage lora, all rows: `LoraConfig(target_modules=..., modules_to_save=[EMB(, HEAD)], ensure_weight_tying=TIED)`;
+- new input rows + the whole LM head (`new_input_rows_only`, EEVE; untied only):
+  `LoraConfig(target_modules=..., trainable_token_indices={EMB: ROWS}, modules_to_save=[HEAD])`, where stage
+  embeddings has no LoRA: peft's `target_modules="dummy-target-modules"` (a LoRA config without LoRA layers).
 
 The LM head is named only when it is untied; a tied head follows the embedding (peft ties its
 wrapper to the embedding's, and a merge keeps the two tied). Trainable tokens store the trained
@@ -99,10 +102,11 @@ def embedding_modules(model) -> tuple[str, str | None]:
 
 # ----------------------------------------------------------------------------- create
 
-def new_adapter(model, rows: list[int] | None, lora: dict | None = None):
+def new_adapter(model, rows: list[int] | None, lora: dict | None = None, whole_head: bool = False):
     """`model` wrapped in a new trainable peft adapter: the embedding and untied LM head rows
     `rows` (None: all rows) train, plus LoRA with the `LoraConfig` options `lora` (None: stage
-    embeddings, no LoRA). Every base weight is frozen."""
+    embeddings, no LoRA). With `whole_head`, only the input embedding's `rows` train and the
+    whole (untied) LM head does (EEVE). Every base weight is frozen."""
     from peft import LoraConfig, TrainableTokensConfig, get_peft_model
 
     emb_name, head_name = embedding_modules(model)
@@ -112,6 +116,17 @@ def new_adapter(model, rows: list[int] | None, lora: dict | None = None):
     if tied != bool(said):  # peft ties by the config
         raise LangadaptError(f"{type(model).__name__}: its embeddings are {'tied' if tied else 'untied'} but its "
                              f"config says tie_word_embeddings {said}; peft would store them wrongly")
+    if whole_head:
+        if tied or rows is None:
+            raise LangadaptError("new_input_rows_only needs an untied LM head and the added rows")
+        from peft.utils.constants import DUMMY_TARGET_MODULES
+
+        lora = lora or dict(target_modules=DUMMY_TARGET_MODULES)  # stage embeddings: no LoRA layers
+        config = LoraConfig(**lora, trainable_token_indices={emb_name: list(rows)}, modules_to_save=[head_name],
+                            task_type="CAUSAL_LM")
+        wrapped = get_peft_model(model, config)
+        _check_rows_wrapped(wrapped)
+        return wrapped
     if head is not None and getattr(head, "bias", None) is not None and (lora is None or rows is not None):
         raise LangadaptError(f"{type(model).__name__}: its LM head has a bias, which peft's trainable tokens drop; "
                              "use stage lora without new_rows_only, or stage full")
@@ -142,10 +157,16 @@ def _check_rows_wrapped(peft_model) -> None:
 
 
 def adapter_format(peft_model) -> str:
-    """How the adapter stores its rows: trainable_tokens, lora+trainable_tokens or lora+modules_to_save."""
+    """How the adapter stores its rows: trainable_tokens, lora+trainable_tokens, lora+modules_to_save,
+    or (new input rows + whole LM head) [lora+]trainable_tokens+modules_to_save."""
+    from peft.utils.constants import DUMMY_TARGET_MODULES
+
     config = peft_model.peft_config["default"]
     if config.peft_type.value == "TRAINABLE_TOKENS":
         return "trainable_tokens"
+    lora = "" if config.target_modules == DUMMY_TARGET_MODULES else "lora+"
+    if config.trainable_token_indices and config.modules_to_save:
+        return lora + "trainable_tokens+modules_to_save"
     return "lora+trainable_tokens" if config.trainable_token_indices else "lora+modules_to_save"
 
 

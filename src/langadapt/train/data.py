@@ -67,6 +67,15 @@ def file_key(path: Path, read_options: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def content_digest(path: Path) -> str:
+    """A hash of a file's bytes (sha256, 20 hex digits): what seeds its BPE-dropout."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:20]
+
+
 def record_hash(text: str) -> int:
     """A 64-bit hash of one normalised record (to find held-out records in the training data)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
@@ -80,7 +89,7 @@ def default_cache_root() -> Path:
 @dataclass
 class CorpusSpec:
     """Which text to read (`paths`), how (`reading`), and how to cut it (with `bpe_dropout` > 0,
-    BPE-dropout seeded by `seed` and the file's cache key; else the tokenizer as it is)."""
+    BPE-dropout seeded by `seed` and the file's contents; else the tokenizer as it is)."""
 
     paths: list
     reading: ReadingOptions = field(default_factory=ReadingOptions)
@@ -89,7 +98,10 @@ class CorpusSpec:
 
     def read_options(self) -> dict:
         """What decides a file's tokens besides its bytes and the tokenizer (part of the cache key)."""
-        dropout = {"bpe_dropout": self.bpe_dropout, "seed": self.seed} if self.bpe_dropout else {}
+        # "seeded_by": caches cut before BPE-dropout was seeded by the file's contents (then by its path
+        # and mtime) are not reused.
+        dropout = ({"bpe_dropout": self.bpe_dropout, "seed": self.seed, "seeded_by": "contents"}
+                   if self.bpe_dropout else {})
         return {**to_mapping(self.reading), **dropout}
 
     def segmenter(self, tokenizer) -> DropoutSegmenter | None:
@@ -108,10 +120,12 @@ class CorpusSpec:
 
 def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar, segmenter=None) -> dict:
     """Write `dest.bin`, `dest.hashes` and `dest.json` for one file, each through a rename. With a
-    `segmenter`, the file is cut with BPE-dropout seeded by the corpus seed and the file's key."""
+    `segmenter`, the file is cut with BPE-dropout seeded by the corpus seed and a hash of the file's
+    bytes: not by its cache key, which holds the path and mtime, so the same text gives the same
+    blocks wherever it lies (the embedded corpus lies inside the virtualenv of each clone)."""
     eos = tokenizer.eos_token_id
     if segmenter:
-        encode = segmenter.seeded(f"{corpus.seed}/{dest.name}")
+        encode = segmenter.seeded(f"{corpus.seed}/{content_digest(path)}")
     else:
         def encode(texts):
             return tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -10,7 +10,10 @@ Stages (the seed recipes):
 
 With `new_rows_only`, only the embedding/LM-head rows of the tokens `model extend` added are
 parameters (peft trainable tokens); the base vocabulary's rows stay as they are. Tied embeddings
-are one tensor and train once. Stages `embeddings` and `lora` train a peft adapter
+are one tensor and train once. With `new_input_rows_only` (EEVE), the input rows of the added
+tokens and the whole untied LM head train. With `edge_layers` N (stage full), only the first and
+last N decoder layers, the input embeddings and the LM head train (`edge_layer_names`).
+Stages `embeddings` and `lora` train a peft adapter
 (`train/adapter.py` says what it stores), so transformers' Trainer checkpoints and restores it
 as it does any peft model.
 
@@ -27,7 +30,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +59,37 @@ METRICS_FILE = "metrics.jsonl"
 
 # ----------------------------------------------------------------------------- model setup
 
-def added_row_ids(source: Path, vocab_rows: int) -> list[int]:
+def added_row_ids(source: Path, vocab_rows: int, option: str = "new_rows_only") -> list[int]:
     """Rows of the tokens `model extend` added (read from the model dir's adaptation.json)."""
     record = read_adaptation_json(source)
     for step in [record, *reversed(record.get("history", []))]:
         if step.get("step") == "model-extend":
             return list(range(int(step["base_tokenizer_size"]), vocab_rows))
-    raise LangadaptError(f"new_rows_only needs a model made by `langadapt model extend` (its adaptation.json says "
+    raise LangadaptError(f"{option} needs a model made by `langadapt model extend` (its adaptation.json says "
                          f"which rows are new); {source} has no such record")
+
+
+def edge_layer_names(param_names: Sequence[str], num_layers: int, n: int) -> set[str]:
+    """The parameters of the first `n` and the last `n` of `num_layers` decoder layers (named
+    `...layers.<i>....`), Yamaguchi et al. 2024's layer subset."""
+    if 2 * n > num_layers:
+        raise LangadaptError(f"edge_layers {n}: the first and last {n} layers are {2 * n}, more than the model's "
+                             f"{num_layers} layers")
+    keep = set(range(n)) | set(range(num_layers - n, num_layers))
+    found = {name: int(m.group(1)) for name in param_names if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", name))}
+    if not found:
+        raise LangadaptError("edge_layers: the model has no decoder layers named layers.<i>")
+    return {name for name, i in found.items() if i in keep}
+
+
+def trainable_edge_layers(model, n: int) -> set[str]:
+    """Names of the parameters that train with `edge_layers` n: the edge layers, the input
+    embeddings and the LM head (one tensor when tied)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    named = dict(model.named_parameters())
+    emb, head = embedding_pair(model)
+    rows = {name for name, p in named.items() if p is emb or (head is not None and p is head)}
+    return edge_layer_names(list(named), cfg.num_hidden_layers, n) | rows
 
 
 def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None, adapter_dir: str | None = None):
@@ -71,8 +99,10 @@ def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None, adapt
     if recipe.stage == "full":
         if new_rows is not None or adapter_dir:
             raise LangadaptError("new_rows_only and adapter apply to stages embeddings and lora, not full")
-        for p in model.parameters():
-            p.requires_grad_(True)
+        edge = getattr(recipe, "edge_layers", 0)
+        train = trainable_edge_layers(model, edge) if edge else None
+        for name, p in model.named_parameters():
+            p.requires_grad_(train is None or name in train)
         return model
     if adapter_dir:
         stage = read_adapter(adapter_dir).get("stage")
@@ -89,7 +119,7 @@ def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None, adapt
                 raise LangadaptError(f"lora_targets {missing} are not modules of {type(model).__name__}")
             lora = dict(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                         target_modules=list(recipe.lora_targets))
-        model = new_adapter(model, new_rows, lora)
+        model = new_adapter(model, new_rows, lora, whole_head=getattr(recipe, "new_input_rows_only", False))
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
@@ -196,12 +226,24 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
 
 # ----------------------------------------------------------------------------- run
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AMX tiles or AVX512-BF16), per torch."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def training_arguments(recipe: TrainOptions, checkpoints: Path, has_heldout: bool, max_steps: int) -> TrainingArguments:
-    """The TrainingArguments of a recipe and its budget in steps: fp32 on CPU, bf16 on GPU (precision auto)."""
+    """The TrainingArguments of a recipe and its budget in steps: fp32 on CPU, bf16 on GPU (precision auto).
+
+    bf16 is the Trainer's mixed precision on either device: accelerate wraps the model's forward in
+    `torch.autocast(<device>, bfloat16)` (on CPU too, with `use_cpu`); the weights, gradients and
+    optimizer state stay fp32 (the model is loaded in fp32), so the saved result is fp32."""
     cuda = torch.cuda.is_available()
     bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and cuda)
-    if bf16 and not cuda:
-        raise LangadaptError("precision bf16 needs a GPU here; use fp32 (or auto) on CPU")
+    if bf16 and not cuda and not cpu_has_bf16():
+        print(f"warning: precision bf16 on a CPU without AMX or AVX512-BF16 ({torch.backends.cpu.get_cpu_capability()}): "
+              "bf16 matmuls are emulated there, and training is several times slower than fp32 "
+              "(docs/benchmarks.md, \"bf16 training on the CPU\")", file=sys.stderr)
     evaluate = has_heldout and recipe.eval_steps > 0
     return TrainingArguments(
         output_dir=str(checkpoints),
@@ -220,6 +262,7 @@ def training_arguments(recipe: TrainOptions, checkpoints: Path, has_heldout: boo
         save_total_limit=recipe.save_total_limit,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=recipe.eval_steps if evaluate else None,
+        eval_on_start=evaluate and recipe.eval_on_start,
         seed=recipe.seed,
         bf16=bf16,
         use_cpu=not cuda,
@@ -286,7 +329,7 @@ def train_or_explain(trainer, resume_from: Path | None, out: Path):
 
 
 def load_model_for_training(source, tokenizer):
-    """The model at `source` in fp32 (master weights; bf16 comes through autocast on GPU), checked
+    """The model at `source` in fp32 (master weights; bf16 comes through autocast), checked
     to have an embedding row for every token of `tokenizer`."""
     model = load_model(str(source), dtype="float32")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
@@ -305,6 +348,7 @@ class TrainingData:
     has_heldout: bool              # whether the task evaluates held-out data
     facts: dict = field(default_factory=dict)  # summary entries about the data
     files: dict = field(default_factory=dict)  # {name: text} written into the run directory
+    max_tokens: int | None = None  # the budget in this model's tokens, where the task converted max_tokens
 
 
 class TrainingTask(Protocol):
@@ -322,11 +366,12 @@ class TrainingTask(Protocol):
     def after_training(self, trainer) -> dict: ...
 
 
-def budget_steps(options: TrainOptions, tokens_per_row: float, processes: int) -> int:
-    """Optimizer steps of the budget: `max_tokens` over the tokens of one step, else `max_steps` (-1: epochs)."""
+def budget_steps(options: TrainOptions, tokens_per_row: float, processes: int, max_tokens: int | None = None) -> int:
+    """Optimizer steps of the budget: `max_tokens` (or the task's conversion of it) over the tokens of one
+    step, else `max_steps` (-1: epochs)."""
     if options.max_tokens:
         per_step = tokens_per_row * options.batch_size * options.grad_accum * processes
-        return max(1, math.ceil(options.max_tokens / per_step))
+        return max(1, math.ceil((max_tokens or options.max_tokens) / per_step))
     return options.max_steps
 
 
@@ -358,12 +403,14 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
     set_seed(options.seed)  # LoRA's initial weights are random: the same seed, the same run
     model = task.prepare(model, source)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    max_steps = budget_steps(options, data.tokens_per_row, state.num_processes)
+    max_steps = budget_steps(options, data.tokens_per_row, state.num_processes, data.max_tokens)
     args = training_arguments(options, out / "checkpoints", data.has_heldout, max_steps)
     trainer = task.make_trainer(model, args, data, tokenizer, run_callbacks(options, resume_from, state))
     before = task.before_training(trainer, resume_from is not None)
     result = train_or_explain(trainer, resume_from, out)
     after = task.after_training(trainer)
+    # bf16: accelerate left the model's forward inside autocast; the returned model computes in fp32 again.
+    trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
     steps = trainer.state.global_step
     summary = {

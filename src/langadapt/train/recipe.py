@@ -1,6 +1,10 @@
 """The options of `pretrain` (`PretrainOptions`) and `sft` (`SftOptions`): each a flat YAML recipe
 whose every key is also a `--key value` flag.
 
+Pretraining alone has the adaptation options new_rows_only, new_input_rows_only (EEVE), block_order
+(a curriculum), edge_layers (layer subset, stage full) and mtp_heads / mtp_weight (multi-token
+prediction heads); each refuses the stages it does not apply to, naming itself.
+
 This module imports no torch, so the CLI builds its options cheaply.
 """
 
@@ -13,6 +17,7 @@ from langadapt.corpus import CORPUS_HELP, ReadingOptions
 from langadapt.options import Options, OptionError, embed, from_mapping, option, read_yaml_mapping
 
 STAGES = ("embeddings", "lora", "full")
+BLOCK_ORDERS = ("shuffled", "loss", "length")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 POSITIVE = ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "lora_r", "lora_alpha")
 
@@ -48,6 +53,8 @@ class TrainOptions(Options):
     logging_steps: int = option(10, help="log the loss every N steps")
     eval_steps: int = option(200, help="held-out evaluation (pretrain: bits per char; sft: loss on answers) every N "
                                        "steps (0: only at the end)")
+    eval_on_start: bool = option(False, help="also evaluate the held-out data before the first step (the start of "
+                                             "the learning curve)")
     save_steps: int = option(200, help="checkpoint every N steps")
     save_total_limit: int = option(3, help="checkpoints kept")
     keep_checkpoints: bool = option(True, help="keep checkpoints/ after the run has finished and written its result "
@@ -57,7 +64,13 @@ class TrainOptions(Options):
     seed: int = option(42, help="random seed (data order, LoRA init)")
     gradient_checkpointing: bool = option(True, help="recompute activations in the backward pass (less memory, "
                                                      "~30% slower)")
-    precision: str = option("auto", choices=("auto", "fp32", "bf16"), help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"),
+                            help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16. bf16 is mixed precision on GPU and "
+                                 "CPU alike (autocast; weights, gradients, optimizer state and the saved result "
+                                 "stay fp32): the matmuls round to bf16, so the loss and the held-out bits/char "
+                                 "logged during the run (scored under the same autocast) differ from fp32 in the "
+                                 "third decimal; `eval bpc` scores the result in fp32. On a CPU it pays only with "
+                                 "AMX or AVX512-BF16 (~1.55x per step); elsewhere (AVX2) it is many times slower")
     dataloader_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(False, help="continue from the newest complete checkpoint in out")
     overwrite: bool = option(False, help="delete an existing run in out and start over")
@@ -111,7 +124,41 @@ class PretrainOptions(TrainOptions):
                                           "it helps an extension trained on a small corpus (docs/benchmarks.md). "
                                           "0: off. BPE tokenizers only; tokenises at Python speed (~80k "
                                           "characters/s, a third of the tokenizer's)")
+    budget_tokenizer: str | None = option(None, metavar="TOKENIZER", help="count max_tokens in this tokenizer's tokens "
+                                          "(e.g. the base model's) instead of the model's own: the stage trains on as "
+                                          "many corpus characters as that many of them cover, so models with different "
+                                          "tokenizers see the same text (`run`'s `budget: characters`); the ratio is "
+                                          "measured on the corpus' first million characters")
     new_rows_only: bool = option(False, help="train only the embedding/LM-head rows of tokens added by `model extend`")
+    new_input_rows_only: bool = option(False, help="EEVE-style (Kim et al. 2024, Efficient and Effective Vocabulary "
+                                       "Expansion Towards Multilingual LLMs): the input-embedding rows of the tokens "
+                                       "`model extend` added train (peft trainable tokens), the old input rows stay "
+                                       "exactly as they are, and the whole LM head trains (peft modules_to_save). "
+                                       "Stages embeddings and lora (LoRA as usual plus that). Needs an untied LM head "
+                                       "(`model extend --init fit` unties)")
+    block_order: str = option("shuffled", choices=BLOCK_ORDERS,
+                              help="the order the Trainer reads the blocks in: shuffled (a seeded random order, each "
+                                   "epoch anew); loss (a curriculum, easy to hard: ascending mean token loss of the "
+                                   "start model, the model being trained before any step, computed once and cached "
+                                   "next to the block cache); length (ascending token-weighted mean length of the "
+                                   "documents a block's tokens come from, shorter documents first, as curriculum "
+                                   "learning by length orders data; Kim & Lee 2024 sort by prompt length). loss and "
+                                   "length read the blocks sequentially in that order in every epoch, ties broken by "
+                                   "a permutation seeded by `seed`; --resume keeps the order")
+    edge_layers: int = option(0, help="Yamaguchi et al. 2024's layer subset (\"2x2 LS\"): with stage full, only the "
+                                      "first N and the last N decoder layers, the input embeddings and the LM head "
+                                      "train; every other weight (middle layers, final norm) stays frozen. Saved as a "
+                                      "full model as stage full is. 0: every layer trains")
+    mtp_heads: int = option(0, help="multi-token prediction (Gloeckle et al. 2024, Better & Faster LLMs via "
+                                    "Multi-token Prediction) as an auxiliary loss: K extra heads, head k predicting "
+                                    "token t+1+k from the final hidden state (the LM head's input) through a residual "
+                                    "MLP (h + W2 silu(W1 h), W2 zero at the start) and then the shared LM head. They "
+                                    "train with the model (in the optimizer and the checkpoints, so --resume continues "
+                                    "them) and are dropped at save time: the adapter or model written is what it would "
+                                    "be without them. 0: off")
+    mtp_weight: float = option(0.3, help="weight of the multi-token loss: loss = next-token loss + mtp_weight x the "
+                                         "mean over the heads of their cross-entropy (summed over targets, normalised "
+                                         "as the next-token loss is)")
     heldout_max_chars: int = option(20000, help="score at most this many held-out characters")
 
     recipe_file = True
@@ -127,6 +174,21 @@ class PretrainOptions(TrainOptions):
             raise OptionError("bpe_dropout", f"must be in [0, 1), got {self.bpe_dropout}")
         if self.new_rows_only and self.stage == "full":
             raise OptionError("new_rows_only", "applies to stages embeddings and lora, not full")
+        if self.new_input_rows_only and self.stage == "full":
+            raise OptionError("new_input_rows_only", "applies to stages embeddings and lora, not full")
+        if self.new_input_rows_only and self.new_rows_only:
+            raise OptionError("new_input_rows_only", "new_input_rows_only and new_rows_only choose different rows; "
+                                                     "give one of them")
+        if self.edge_layers < 0:
+            raise OptionError("edge_layers", f"must be 0 or positive, got {self.edge_layers}")
+        if self.edge_layers and self.stage != "full":
+            raise OptionError("edge_layers", f"applies to stage full, not {self.stage}")
+        if self.mtp_heads < 0:
+            raise OptionError("mtp_heads", f"must be 0 or positive, got {self.mtp_heads}")
+        if self.mtp_weight < 0:
+            raise OptionError("mtp_weight", f"must be 0 or positive, got {self.mtp_weight}")
+        if self.mtp_heads and self.mtp_heads + 1 >= self.block_size:
+            raise OptionError("mtp_heads", f"must leave targets in a block of {self.block_size} tokens")
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""The order `pretrain` reads its packed blocks in (`block_order`): a curriculum, easy to hard.
+
+- `loss`: ascending mean token loss of the start model on each block (`block_losses`), computed
+  once, with a progress bar, and cached next to the block cache as `block-loss-<key>.npy`, keyed
+  by the block files, `block_size` and a digest of the model's weights (`model_digest`);
+- `length`: ascending token-weighted mean length of the documents a block's tokens belong to
+  (`document_length_per_block`): a block inside one long document scores that document's
+  length, a block of many short documents a small number, so short documents come first.
+
+`curriculum_order` sorts by the measure, ties broken by a permutation seeded by `seed`, so the
+same recipe gives the same order (and a resumed run the order it started with). The Trainer then
+reads the blocks sequentially in that order (`pretrain.PretrainTrainer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from langadapt.train.data import BlockDataset
+
+
+def curriculum_order(measure: np.ndarray, seed: int) -> np.ndarray:
+    """Block indices by ascending `measure`; equal values in an order seeded by `seed`."""
+    measure = np.asarray(measure, dtype=np.float64)
+    tiebreak = np.random.default_rng(seed).permutation(len(measure))
+    return np.lexsort((tiebreak, measure))
+
+
+def document_length_per_block(blocks: BlockDataset, eos_id: int) -> np.ndarray:
+    """For each block, the mean over its tokens of the length (in tokens, EOS included) of the
+    document the token belongs to. Documents end with EOS and never cross files."""
+    size = blocks.block_size
+    sums = np.zeros(blocks.n_blocks, dtype=np.float64)
+    for array, base in zip(blocks.arrays, blocks.offsets[:-1]):
+        n = len(array)
+        if n == 0:
+            continue
+        ends = np.flatnonzero(np.asarray(array) == eos_id) + 1
+        if len(ends) == 0 or ends[-1] != n:
+            ends = np.append(ends, n)
+        lengths = np.diff(np.concatenate([[0], ends]))
+        cumulative = np.concatenate([[0.0], np.cumsum(np.repeat(lengths, lengths), dtype=np.float64)])
+        first, last = int(base) // size, min(blocks.n_blocks, -(-(int(base) + n) // size))
+        ids = np.arange(first, last)
+        lo = np.clip(ids * size - base, 0, n)
+        hi = np.clip((ids + 1) * size - base, 0, n)
+        sums[ids] += cumulative[hi] - cumulative[lo]
+    return sums / size
+
+
+@torch.no_grad()
+def block_losses(model, blocks: BlockDataset, batch_size: int, device, progress: bool = True) -> np.ndarray:
+    """Mean next-token cross-entropy (nats) of `model` on each block."""
+    was_training = model.training
+    model.eval()
+    losses = np.zeros(len(blocks), dtype=np.float64)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else None
+    for start in tqdm(range(0, len(blocks), batch_size), desc="loss per block (block_order loss)", file=sys.stderr,
+                      disable=not progress):
+        ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(start + batch_size, len(blocks)))])
+        ids = ids.to(device)
+        if autocast is not None:
+            with autocast:
+                logits = model(input_ids=ids).logits
+        else:
+            logits = model(input_ids=ids).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+        losses[start:start + len(ids)] = nll.mean(dim=1).double().cpu().numpy()
+    model.train(was_training)
+    return losses
+
+
+def model_digest(model) -> str:
+    """A hash of a model's weights: every parameter's name, shape, sum and a strided sample."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        sample = flat[::max(1, flat.numel() // 1024)][:1024].float().cpu().numpy()
+        h.update(json.dumps([name, list(p.shape), float(flat.double().sum())]).encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:20]
+
+
+def loss_cache_path(blocks: BlockDataset, model) -> Path:
+    """`block-loss-<key>.npy` beside the block files: key of the blocks, block_size and the model."""
+    key = hashlib.sha256(json.dumps([[f.name for f in blocks.files], blocks.block_size,
+                                     model_digest(model)]).encode()).hexdigest()[:20]
+    return blocks.files[0].parent / f"block-loss-{key}.npy"
+
+
+def cached_block_losses(model, blocks: BlockDataset, batch_size: int, device, progress: bool = True) -> np.ndarray:
+    """`block_losses`, read from the cache when this model already scored these blocks."""
+    path = loss_cache_path(blocks, model)
+    if path.is_file():
+        losses = np.load(path)
+        if len(losses) == len(blocks):
+            return losses
+    losses = block_losses(model, blocks, batch_size, device, progress)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, losses)
+    tmp.replace(path)
+    return losses
