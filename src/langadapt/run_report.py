@@ -113,12 +113,12 @@ def arms_table(rows: list[dict]) -> list[str]:
     """One row per arm: quality, token cost, speed, training."""
     columns = [("held-out bits/char", "bits_per_char", 3), ("tokens/char", "tokens_per_char", 3),
                ("target chars/s", "target_chars_per_second", 1), ("tokens/s", "tokens_per_second", 1),
-               ("training tokens", "training_tokens", 0), ("training min", "training_minutes", 1),
+               ("training tokens (pretrain + sft)", "training_tokens", 0), ("training min", "training_minutes", 1),
                ("MC accuracy %", "mc_accuracy", 1), ("tasks Avg", "tasks_avg", 2)]
     columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
     lines = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    return lines + ["| " + r["arm"] + " | " + " | ".join(_fmt(r.get(key), digits) if digits else _fmt(r.get(key))
-                                                        for _, key, digits in columns) + " |" for r in rows]
+    return lines + ["| " + r["arm"] + " | " + " | ".join(_fmt(r.get(key), digits) for _, key, digits in columns) + " |"
+                    for r in rows]
 
 
 def frontier_plot(figures: list[ArmFigures], front: list[str], path: Path) -> bool:
