@@ -35,6 +35,9 @@ def test_break_even_within_the_curves_is_interpolated():
     # gaps 0.6, 0.2, -0.2: zero halfway between 100 and 200
     assert even.measured and even.tokens == pytest.approx(150.0) and even.gap_at_end == pytest.approx(-0.2)
     assert "crosses the control's curve at about 150 training tokens (measured)" in even.sentence(200)
+    level = break_even("curriculum", [(0, 5.0), (100, 4.7), (200, 4.6)], control)  # same start, then below
+    assert level.measured and level.tokens == 0
+    assert level.sentence(200) == "curriculum is at or below the control's curve from its first point (-0.100 bits/char at the end)"
 
 
 def test_break_even_beyond_the_budget_is_an_extrapolation_of_a_log_linear_gap():

@@ -151,6 +151,9 @@ class BreakEven:
 
     def sentence(self, budget: int) -> str:
         if self.tokens is not None and self.measured:
+            if self.tokens == 0:
+                return (f"{self.arm} is at or below the control's curve from its first point "
+                        f"({self.gap_at_end:+.3f} bits/char at the end)")
             return f"{self.arm} crosses the control's curve at about {self.tokens:,.0f} training tokens (measured)"
         lead = (f"{self.arm} does not reach the control within {budget:,} training tokens "
                 f"({self.gap_at_end:+.3f} bits/char at the end)")
