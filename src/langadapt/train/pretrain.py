@@ -25,6 +25,7 @@ from transformers import Trainer
 
 from langadapt.corpus import expand_paths
 from langadapt.errors import LangadaptError
+from langadapt.model.extend import is_tied
 from langadapt.model.score import bpc_of_text
 from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
 from langadapt.train import mtp
@@ -175,8 +176,7 @@ class PretrainTask:
     def prepare(self, model, source):
         o = self.options
         rows = model.get_input_embeddings().weight.shape[0]
-        if o.new_input_rows_only and (model.get_output_embeddings() is None or
-                                      model.get_output_embeddings().weight is model.get_input_embeddings().weight):
+        if o.new_input_rows_only and (model.get_output_embeddings() is None or is_tied(model)):
             raise LangadaptError(f"new_input_rows_only trains the whole LM head apart from the input rows, but "
                                  f"{source} ties them; untie with `langadapt model extend --init fit`")
         option = "new_input_rows_only" if o.new_input_rows_only else "new_rows_only"
