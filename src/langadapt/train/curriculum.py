@@ -2,7 +2,7 @@
 
 - `loss`: ascending mean token loss of the start model on each block (`block_losses`), computed
   once, with a progress bar, and cached next to the block cache as `block-loss-<key>.npy`, keyed
-  by the block files, `block_size` and a digest of the model's weights (`model_digest`);
+  by the block files, `block_size` and the start model's directory fingerprint (`model_fingerprint`);
 - `length`: ascending token-weighted mean length of the documents a block's tokens belong to
   (`document_length_per_block`): a block inside one long document scores that document's
   length, a block of many short documents a small number, so short documents come first.
@@ -78,27 +78,18 @@ def block_losses(model, blocks: BlockDataset, batch_size: int, device, progress:
     return losses
 
 
-def model_digest(model) -> str:
-    """A hash of a model's weights: every parameter's name, shape, sum and a strided sample."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        sample = flat[::max(1, flat.numel() // 1024)][:1024].float().cpu().numpy()
-        h.update(json.dumps([name, list(p.shape), float(flat.double().sum())]).encode())
-        h.update(sample.tobytes())
-    return h.hexdigest()[:20]
-
-
-def loss_cache_path(blocks: BlockDataset, model) -> Path:
+def loss_cache_path(blocks: BlockDataset, model_key: str) -> Path:
     """`block-loss-<key>.npy` beside the block files: key of the blocks, block_size and the model."""
     key = hashlib.sha256(json.dumps([[f.name for f in blocks.files], blocks.block_size,
-                                     model_digest(model)]).encode()).hexdigest()[:20]
+                                     model_key]).encode()).hexdigest()[:20]
     return blocks.files[0].parent / f"block-loss-{key}.npy"
 
 
-def cached_block_losses(model, blocks: BlockDataset, batch_size: int, device, progress: bool = True) -> np.ndarray:
-    """`block_losses`, read from the cache when this model already scored these blocks."""
-    path = loss_cache_path(blocks, model)
+def cached_block_losses(model, model_key: str, blocks: BlockDataset, batch_size: int, device,
+                        progress: bool = True) -> np.ndarray:
+    """`block_losses`, read from the cache when the model `model_key` names (its directory's
+    fingerprint) already scored these blocks."""
+    path = loss_cache_path(blocks, model_key)
     if path.is_file():
         losses = np.load(path)
         if len(losses) == len(blocks):

@@ -26,6 +26,7 @@ from transformers import Trainer
 from langadapt.corpus import expand_paths
 from langadapt.errors import LangadaptError
 from langadapt.model.extend import is_tied
+from langadapt.model.fingerprint import model_fingerprint
 from langadapt.model.score import bpc_of_text
 from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
 from langadapt.train import mtp
@@ -152,13 +153,13 @@ class PretrainTask:
         self.order_facts = {"block_order_measure": name, "block_order_first": round(float(first), 4),
                             "block_order_last": round(float(last), 4), "block_order_head": self.order[:8].tolist()}
 
-    def _order_by_loss(self, model) -> None:
+    def _order_by_loss(self, model, source) -> None:
         """Score every block with the start model (the main process first; the others read its cache)."""
         state = PartialState()
         model.to(state.device)
         with state.main_process_first():
-            losses = cached_block_losses(model, self.blocks, self.options.batch_size, state.device,
-                                         progress=self.options.progress and state.is_main_process)
+            losses = cached_block_losses(model, model_fingerprint(source), self.blocks, self.options.batch_size,
+                                         state.device, progress=self.options.progress and state.is_main_process)
         self._set_order(losses, "start_model_loss")
 
     def _heldout_text(self, blocks, state) -> str:
@@ -185,7 +186,7 @@ class PretrainTask:
             if not self.new_rows:
                 raise LangadaptError(f"{option}: {source} has no added rows to train")
         if o.block_order == "loss":
-            self._order_by_loss(model)  # the start model, before anything is wrapped or trains
+            self._order_by_loss(model, source)  # the start model, before anything is wrapped or trains
         model = prepare_model(model, o, self.new_rows)
         if o.mtp_heads:
             mtp.attach_heads(model, o.mtp_heads)
