@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ def test_verdict_names_best_fastest_and_fastest_near_the_best():
     assert lines[1].startswith("Fastest: **ext-all** (54.9 ko characters/s in generation, 3.5x the best-quality arm;"
                                " +0.687 bits/char")
     assert lines[2] == "Fastest within 0.10 bits/char of the best: **ext-100** (4.650 bits/char, 24.0 characters/s)."
+
+
+def test_verdict_gives_paired_differences_from_the_best_with_their_standard_error():
+    control = [4.0, 4.2, 4.4, 4.6]
+    arms = [ArmFigures("control", 4.3, None, segments=control),
+            ArmFigures("ext", 4.8, None, segments=[x + d for x, d in zip(control, [0.4, 0.6, 0.4, 0.6])]),
+            ArmFigures("tie", 4.31, None, segments=[x + d for x, d in zip(control, [0.3, -0.3, 0.2, -0.16])])]
+    line = verdict(arms)[-1]
+    se_ext = statistics.stdev([0.4, 0.6, 0.4, 0.6]) / 2  # 0.058: the arms differ far more than the text's spread
+    assert f"ext +0.500 ± {se_ext:.3f};" in line and line.startswith("Against control, paired over the same 4 stretches")
+    assert "tie +0.010 ± 0.143 (within 2 standard errors: not told apart on this text)" in line
 
 
 # ----------------------------------------------------------------------------- planning

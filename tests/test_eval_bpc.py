@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from conftest import TIBETAN_SEED_SENTENCE
 from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.corpus import read_text
-from langadapt.model.score import bpc_of_text, score_ids, window_spans
+from langadapt.model.score import bpc_of_text, score_ids, segment_bits_per_char, standard_error, window_spans
 from langadapt.model.fingerprint import model_fingerprint
 from langadapt.model.score import cached_score, score_cache_key, score_text_cached
 
@@ -165,6 +166,27 @@ def test_bits_per_char_and_byte_from_the_summed_nll(tiny):
     assert r["perplexity"] == pytest.approx(math.exp(r["nll_nats"] / n_tokens), rel=1e-4)
     # An untrained model is near uniform over 512 tokens: about log2(512) = 9 bits per token.
     assert 8.0 < r["nll_nats"] / math.log(2) / n_tokens < 10.0
+
+
+def test_segment_bits_per_char_cuts_the_characters_into_equal_stretches():
+    ln2 = math.log(2)
+    # tokens ending at chars 30, 50 (stretch 1: chars 0-50), 51 and 100 (stretch 2: 50-100)
+    got = segment_bits_per_char(np.array([ln2, ln2, 2 * ln2, 4 * ln2]), np.array([30, 50, 51, 100]), 100, segments=2)
+    assert got == pytest.approx([2 / 50, 6 / 50])
+    assert segment_bits_per_char(np.array([1.0]), np.array([60]), 60) == []  # one stretch of 50 chars: no spread
+    assert standard_error([1.0, 2.0, 3.0, 4.0]) == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_the_stretches_add_up_to_bits_per_char_and_give_its_standard_error(tiny):
+    model, tok = tiny
+    text = (TEXT + "\n") * 6
+    r = bpc_of_text(model, tok, text, context=32, stride=16, progress=False)
+    segments = r["segment_bits_per_char"]
+    assert len(segments) == min(20, len(text) // 50) and len(segments) > 5
+    bounds = np.linspace(0, len(text), len(segments) + 1).round()
+    assert np.dot(segments, np.diff(bounds)) / len(text) == pytest.approx(r["bits_per_char"], abs=1e-3)
+    assert r["bits_per_char_se"] == pytest.approx(np.std(segments, ddof=1) / math.sqrt(len(segments)), abs=1e-4)
+    assert 0 < r["bits_per_char_se"] < r["bits_per_char"]
 
 
 def test_without_bos_the_first_token_is_not_scored(tiny):

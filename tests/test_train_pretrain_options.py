@@ -15,7 +15,7 @@ from langadapt.cli import main
 from langadapt.errors import LangadaptError
 from langadapt.train import mtp
 from langadapt.train import pretrain as P
-from langadapt.train.curriculum import curriculum_order, document_length_per_block
+from langadapt.train.curriculum import budget_blocks, curriculum_order, document_length_per_block
 from langadapt.train.data import BlockDataset
 from langadapt.train.engine import edge_layer_names
 from langadapt.train.pretrain import pretrain
@@ -127,32 +127,53 @@ def _block_rows(batches):
     return [row for batch in batches for row in batch]
 
 
-def test_block_order_loss_reads_blocks_by_the_start_models_loss(extended_tiny_dir, train_corpus, tmp_path,
-                                                               seen_blocks):
+def test_budget_blocks_draws_the_blocks_a_budget_reads():
+    assert budget_blocks(10, None, 0).tolist() == list(range(10))  # epochs: every block
+    assert budget_blocks(10, 12, 0).tolist() == list(range(10))  # more rows than blocks: every block
+    drawn = budget_blocks(100, 12, 0)
+    assert len(set(drawn.tolist())) == 12 and np.all(np.diff(drawn) > 0) and drawn[-1] < 100
+    assert np.array_equal(budget_blocks(100, 12, 0), drawn) and not np.array_equal(budget_blocks(100, 12, 1), drawn)
+
+
+def test_block_order_loss_reads_the_budgets_blocks_by_the_start_models_loss(extended_tiny_dir, train_corpus,
+                                                                           tmp_path, seen_blocks):
     summary, _ = pretrain(_recipe(extended_tiny_dir, train_corpus, tmp_path / "run", block_order="loss"))
-    # independently: the start model's mean token loss on every block
+    # independently: the start model's mean token loss on the 12 blocks that 3 steps of 4 rows read
     from langadapt.tokenizer.load import load_tokenizer
     from langadapt.train.data import CorpusSpec, load_blocks
 
     blocks = load_blocks(load_tokenizer(str(extended_tiny_dir)), CorpusSpec([str(train_corpus)]), 32,
                          tmp_path / "cache", progress=False)
+    read = budget_blocks(len(blocks), 12, 42)
     base = AutoModelForCausalLM.from_pretrained(extended_tiny_dir).eval()
     with torch.no_grad():
-        losses = [base(input_ids=blocks[i]["input_ids"][None], labels=blocks[i]["input_ids"][None]).loss.item()
-                  for i in range(len(blocks))]
-    want = np.argsort(losses, kind="stable")[:12]
+        losses = [base(input_ids=blocks[int(i)]["input_ids"][None], labels=blocks[int(i)]["input_ids"][None]).loss.item()
+                  for i in read]
+    want = read[np.argsort(losses, kind="stable")]
     got = _block_rows(seen_blocks)
-    assert len(got) == 12
+    assert len(got) == 12 and len(blocks) > 300  # a budget far below one pass
     for row, i in zip(got, want):
         assert torch.equal(row, blocks[int(i)]["input_ids"])
     assert summary["block_order"] == "loss" and summary["block_order_head"] == want[:8].tolist()
-    assert summary["block_order_first"] < summary["block_order_last"]
-    assert list((tmp_path / "cache").glob("*/block-loss-*.npy"))  # cached next to the blocks
+    assert summary["block_order_blocks"] == 12 and summary["block_order_first"] < summary["block_order_last"]
+    cached = list((tmp_path / "cache").glob("*/block-loss-*.npy"))  # cached next to the blocks: only those 12
+    assert len(cached) == 1 and len(np.load(cached[0])) == 12
 
 
-def test_block_order_length_and_resume_keep_the_order(extended_tiny_dir, train_corpus, tmp_path, seen_blocks):
+def test_block_order_length_and_resume_keep_the_order(extended_tiny_dir, train_corpus, tmp_path, seen_blocks,
+                                                      monkeypatch):
     out = tmp_path / "run"
-    pretrain(_recipe(extended_tiny_dir, train_corpus, out, block_order="length", max_steps=2, save_steps=2))
+    recorded = P.PretrainTrainer.compute_loss
+
+    def killed_after_two_steps(self, *args, **kwargs):
+        if len(seen_blocks) == 2:
+            raise RuntimeError("killed")
+        return recorded(self, *args, **kwargs)
+
+    monkeypatch.setattr(P.PretrainTrainer, "compute_loss", killed_after_two_steps)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(_recipe(extended_tiny_dir, train_corpus, out, block_order="length", max_steps=4, save_steps=2))
+    monkeypatch.setattr(P.PretrainTrainer, "compute_loss", recorded)
     pretrain(_recipe(extended_tiny_dir, train_corpus, out, block_order="length", max_steps=4, save_steps=2,
                      resume=True))
     from langadapt.tokenizer.load import load_tokenizer
@@ -160,11 +181,12 @@ def test_block_order_length_and_resume_keep_the_order(extended_tiny_dir, train_c
 
     tok = load_tokenizer(str(extended_tiny_dir))
     blocks = load_blocks(tok, CorpusSpec([str(train_corpus)]), 32, tmp_path / "cache", progress=False)
+    read = budget_blocks(len(blocks), 16, 42)
     lengths = document_length_per_block(blocks, tok.eos_token_id)
-    order = curriculum_order(lengths, 42)
+    order = read[curriculum_order(lengths[read], 42)]
     got = _block_rows(seen_blocks)
     assert len(got) == 16  # 2 steps, then 2 more after the resume: blocks 8..15 of the order, not 0..7 again
-    for row, i in zip(got, order[:16]):
+    for row, i in zip(got, order):
         assert torch.equal(row, blocks[int(i)]["input_ids"])
     assert np.all(np.diff(lengths[order]) >= 0)
 

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 from langadapt.errors import LangadaptError
+from langadapt.model.score import standard_error
 
 ARM_KEYS = ("name", "tokenizer", "model", "pretrain", "sft")
 MIN_FIT_POINTS = 3         # curve points after the start needed to extrapolate a break-even
@@ -124,6 +125,7 @@ class ArmFigures:
     bits_per_char: float | None = None
     chars_per_second: float | None = None       # target-language characters/s in generation
     curve: list[tuple[int, float]] = field(default_factory=list)  # (training tokens, held-out bits/char)
+    segments: list[float] = field(default_factory=list)  # bits/char of equal stretches of the held-out text
 
 
 def pareto_front(arms: list[ArmFigures]) -> list[str]:
@@ -211,8 +213,9 @@ def break_even(arm: str, curve: list[tuple[int, float]], control: list[tuple[int
 
 
 def verdict(arms: list[ArmFigures], tolerance: float = 0.10, unit: str = "target-language") -> list[str]:
-    """Sentences computed from the figures: the best quality, the fastest, and the fastest within
-    `tolerance` bits/char of the best."""
+    """Sentences computed from the figures: the best quality, the fastest, the fastest within
+    `tolerance` bits/char of the best, and, where the arms' held-out stretches were scored, every
+    arm's difference from the best with the standard error of the paired differences."""
     scored = [a for a in arms if a.bits_per_char is not None]
     if not scored:
         return []
@@ -230,4 +233,12 @@ def verdict(arms: list[ArmFigures], tolerance: float = 0.10, unit: str = "target
             pick = max(near, key=lambda a: a.chars_per_second)
             lines.append(f"Fastest within {tolerance:.2f} bits/char of the best: **{pick.name}** "
                          f"({pick.bits_per_char:.3f} bits/char, {pick.chars_per_second:.1f} characters/s).")
+    paired = [(a, standard_error([x - y for x, y in zip(a.segments, best.segments)])) for a in scored
+              if a is not best and len(a.segments) == len(best.segments) > 1]
+    if paired:
+        parts = [f"{a.name} {a.bits_per_char - best.bits_per_char:+.3f} ± {se:.3f}"
+                 + (" (within 2 standard errors: not told apart on this text)"
+                    if a.bits_per_char - best.bits_per_char < 2 * se else "") for a, se in paired]
+        lines.append(f"Against {best.name}, paired over the same {len(best.segments)} stretches of held-out text "
+                     f"(difference ± standard error): {'; '.join(parts)}.")
     return lines

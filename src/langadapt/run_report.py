@@ -98,8 +98,9 @@ def arm_figures(arms, steps, out: Path, toks: dict | None) -> tuple[list[ArmFigu
                     curve.append((offset + int(r.get("num_input_tokens_seen") or r["step"] * per_step), r["eval_bpc"]))
             offset += int((_load(step.output / ADAPTATION_FILE) or {}).get("tokens_seen") or o.max_tokens or 0)
         figures.append(ArmFigures(arm.name, bpc.get("bits_per_char"), gen.get("target_chars_per_second"),
-                                  sorted(set(curve))))
+                                  sorted(set(curve)), bpc.get("segment_bits_per_char") or []))
         rows.append({"arm": arm.name, "bits_per_char": bpc.get("bits_per_char"),
+                     "bits_per_char_se": bpc.get("bits_per_char_se"),
                      "tokens_per_char": per_char.get(tokenizer_name[arm.tokenizer]),
                      "target_chars_per_second": gen.get("target_chars_per_second"),
                      "tokens_per_second": gen.get("tokens_per_second"),
@@ -111,7 +112,8 @@ def arm_figures(arms, steps, out: Path, toks: dict | None) -> tuple[list[ArmFigu
 
 def arms_table(rows: list[dict]) -> list[str]:
     """One row per arm: quality, token cost, speed, training."""
-    columns = [("held-out bits/char", "bits_per_char", 3), ("tokens/char", "tokens_per_char", 3),
+    columns = [("held-out bits/char", "bits_per_char", 3), ("± standard error", "bits_per_char_se", 3),
+               ("tokens/char", "tokens_per_char", 3),
                ("target chars/s", "target_chars_per_second", 1), ("tokens/s", "tokens_per_second", 1),
                ("training tokens (pretrain + sft)", "training_tokens", 0), ("training min", "training_minutes", 1),
                ("MC accuracy %", "mc_accuracy", 1), ("tasks Avg", "tasks_avg", 2)]

@@ -20,6 +20,11 @@ Scoring, precisely:
 - Only the positions that predict scored targets go through the LM head, and each token's NLL
   is logsumexp(logits) - logit of the target (fp32), summed in fp64: bits per char = NLL / ln 2 /
   characters, bits per byte = NLL / ln 2 / UTF-8 bytes, perplexity = exp(NLL / scored tokens).
+- The spread: the text's characters are cut into 20 equal stretches (fewer for texts under 1,000
+  characters; none under 100); each token's NLL counts in the stretch where it ends. The stretches'
+  bits per char and their standard error (sd / sqrt(n)) are reported. The stretches are the same
+  for every tokenizer, so `langadapt run`'s report pairs two models stretch by stretch and gives the
+  standard error of their difference. It is the spread of the text, not of training.
 - The figure of a local model is cached under `$LANGADAPT_HOME/scores/`, keyed by the model
   directory's fingerprint (its files' sha256), the text's sha256, the settings and the scoring
   rule's version: the same score is never computed twice (`--no-cache` scores again).
@@ -81,10 +86,12 @@ def eval_bpc_command(opts: EvalBpcOptions) -> int:
         f", {opts.autocast} autocast" if opts.autocast else "")
     speed = (f"from the score cache (scored {result['scored_at']} at {result['tokens_per_second']} tokens/s, {how})"
              if result["cached"] else f"{result['tokens_per_second']} tokens/s ({result['seconds']} s, {how})")
+    spread = (f" (standard error {result['bits_per_char_se']} over {len(result['segment_bits_per_char'])} "
+              "equal stretches of the text)" if result.get("bits_per_char_se") is not None else "")
     print(f"  characters      {result['characters']:,} ({result['bytes']:,} UTF-8 bytes)\n"
           f"  tokens          {result['tokens']:,} ({result['tokens_per_char']} per char), "
           f"{result['tokens_scored']:,} scored\n"
-          f"  bits per char   {result['bits_per_char']}\n"
+          f"  bits per char   {result['bits_per_char']}{spread}\n"
           f"  bits per byte   {result['bits_per_byte']}\n"
           f"  perplexity      {result['perplexity']} per token (not comparable across tokenizers)\n"
           f"  speed           {speed}")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from langadapt.errors import LangadaptError
@@ -24,7 +25,7 @@ from langadapt.model.load import model_context
 
 # The version of the scoring rule (windows, BOS, sums, rounding); part of the score cache's key.
 # Bump it when a change makes the same model, text and settings give another figure.
-SCORE_RULE_VERSION = 1
+SCORE_RULE_VERSION = 2  # 2: the standard error and the stretches' figures
 
 
 def window_spans(n_positions: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -47,10 +48,19 @@ def window_spans(n_positions: int, context: int, stride: int) -> list[tuple[int,
 def score_ids(model, ids: list[int], context: int, stride: int, progress: bool = True,
               batch_tokens: int = 4096, autocast: str | None = None) -> tuple[float, int]:
     """Summed NLL (nats) of `ids[1:]` given what precedes each, with a sliding window; returns (nll, scored).
+    The sum of `target_nlls`."""
+    nlls = target_nlls(model, ids, context, stride, progress=progress, batch_tokens=batch_tokens, autocast=autocast)
+    return nlls.sum().item(), max(len(ids) - 1, 0)
+
+
+def target_nlls(model, ids: list[int], context: int, stride: int, progress: bool = True,
+                batch_tokens: int = 4096, autocast: str | None = None) -> torch.Tensor:
+    """NLL (nats, fp64) of each position of `ids` given what precedes it, with a sliding window
+    (position 0, which nothing predicts, is 0).
 
     Windows of equal length go through the model together (up to `batch_tokens` tokens per forward);
     the LM head runs only on the positions that predict scored targets, and the NLL is
-    logsumexp(logits) - logit of the target, in fp32 chunks, summed in fp64.
+    logsumexp(logits) - logit of the target, in fp32 chunks.
 
     `autocast` ("bfloat16" or "float16") runs the decoder's matmuls in that dtype under
     `torch.autocast` (residual stream, norms and the LM head stay in the model's dtype): about 2x
@@ -62,7 +72,7 @@ def score_ids(model, ids: list[int], context: int, stride: int, progress: bool =
     device = next(model.parameters()).device
     seq = torch.tensor(ids, dtype=torch.long, device=device)
     scored_logits = _autocast_logits(model, seq, autocast) if autocast else _model_logits(model)
-    nll, scored = 0.0, 0
+    nlls = torch.zeros(len(ids), dtype=torch.float64)
     bar = tqdm(total=max(len(ids) - 1, 0), unit="tok", desc="scoring", file=sys.stderr, disable=not progress)
     with torch.inference_mode():
         for batch in _window_batches(spans, batch_tokens, _vocab_rows(model)):
@@ -70,11 +80,10 @@ def score_ids(model, ids: list[int], context: int, stride: int, progress: bool =
             keep = max(end - start for _, end, start in batch) + 1  # positions start-1 .. end-2 predict targets
             logits = scored_logits(windows, keep)
             for row, (begin, end, start) in zip(logits, batch):
-                nll += _nll_sum(row[start - end - 1:-1], seq[start:end]).item()
-                scored += end - start
+                nlls[start:end] = _nll_rows(row[start - end - 1:-1], seq[start:end]).double().cpu()
                 bar.update(end - start)
     bar.close()
-    return nll, scored
+    return nlls
 
 
 def _model_logits(model):
@@ -123,13 +132,13 @@ def _window_batches(spans: list[tuple[int, int, int]], batch_tokens: int,
     return [spans[:1]] + [rest[i:i + size] for i in range(0, len(rest), size)]
 
 
-def _nll_sum(logits: torch.Tensor, targets: torch.Tensor, rows: int = 64) -> torch.Tensor:
-    """Sum over rows of -log softmax(logits)[target], in fp32 chunks of `rows` (no full log_softmax)."""
-    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+def _nll_rows(logits: torch.Tensor, targets: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """-log softmax(logits)[target] of each row, in fp32 chunks of `rows` (no full log_softmax)."""
+    out = []
     for chunk, target in zip(logits.split(rows), targets.split(rows)):
         chunk = chunk.float()
-        total += (torch.logsumexp(chunk, -1) - chunk.gather(1, target[:, None])[:, 0]).sum(dtype=torch.float64)
-    return total
+        out.append(torch.logsumexp(chunk, -1) - chunk.gather(1, target[:, None])[:, 0])
+    return torch.cat(out)
 
 
 def _vocab_rows(model) -> int:
@@ -159,9 +168,12 @@ def bpc_of_text(model, tokenizer, text: str, context: int = 1024, stride: int = 
         raise LangadaptError(f"--context {context} is longer than the model's {max_pos} positions "
                              "(--rope-scaling extends them)")
     start = time.perf_counter()
-    nll, scored = score_ids(model, ids, context, stride, progress=progress, autocast=autocast)
+    nlls = target_nlls(model, ids, context, stride, progress=progress, autocast=autocast)
+    nll, scored = nlls.sum().item(), max(len(ids) - 1, 0)
     seconds = time.perf_counter() - start
     chars, n_bytes = len(text), len(text.encode("utf-8"))
+    ends = _token_ends(tokenizer, text)
+    segments = segment_bits_per_char(nlls[len(ids) - n_text_tokens:].numpy(), ends, chars) if ends is not None else []
     return {
         "characters": chars,
         "bytes": n_bytes,
@@ -171,6 +183,8 @@ def bpc_of_text(model, tokenizer, text: str, context: int = 1024, stride: int = 
         "first_token_scored": bos is not None,
         "nll_nats": round(nll, 4),
         "bits_per_char": round(nll / math.log(2) / chars, 4),
+        "bits_per_char_se": round(standard_error(segments), 4) if len(segments) > 1 else None,
+        "segment_bits_per_char": [round(x, 4) for x in segments],
         "bits_per_byte": round(nll / math.log(2) / n_bytes, 4),
         "perplexity": round(math.exp(nll / scored), 4) if scored else None,
         "context": context,
@@ -179,6 +193,46 @@ def bpc_of_text(model, tokenizer, text: str, context: int = 1024, stride: int = 
         "seconds": round(seconds, 2),
         "tokens_per_second": round(scored / seconds, 1) if seconds > 0 else None,
     }
+
+
+# ----------------------------------------------------------------------------- spread
+
+# The text's characters are cut into this many equal stretches for the standard error (fewer when
+# the stretches would be under SEGMENT_MIN_CHARS characters).
+SEGMENTS = 20
+SEGMENT_MIN_CHARS = 50
+
+
+def _token_ends(tokenizer, text: str) -> np.ndarray | None:
+    """The character offset where each token of `text` ends, or None for a tokenizer without offsets."""
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        return None
+    return np.array([end for _, end in offsets], dtype=np.int64)
+
+
+def segment_bits_per_char(token_nlls: np.ndarray, token_ends: np.ndarray, characters: int,
+                          segments: int = SEGMENTS) -> list[float]:
+    """Bits per character of each of `segments` equal stretches of the text's characters: a token's
+    NLL (nats) counts in the stretch where the token ends. The stretches are the same for any
+    tokenizer, so two models' figures on the same text pair up stretch by stretch."""
+    segments = min(segments, characters // SEGMENT_MIN_CHARS)
+    if segments < 2 or len(token_nlls) != len(token_ends):
+        return []
+    bounds = np.linspace(0, characters, segments + 1).round().astype(np.int64)
+    which = np.clip(np.searchsorted(bounds[1:], token_ends, side="left"), 0, segments - 1)
+    nats = np.bincount(which, weights=token_nlls, minlength=segments)
+    return (nats / math.log(2) / np.diff(bounds)).tolist()
+
+
+def standard_error(segment_values: list[float]) -> float:
+    """The standard error of the mean of equal stretches' figures (or of their differences between two
+    models, for a paired comparison): sd / sqrt(n). A rough figure: it treats the stretches as
+    independent samples of such text. It is the spread of the text, not of training: another seed
+    moves a trained model too."""
+    values = np.asarray(segment_values, dtype=np.float64)
+    return float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
 # ----------------------------------------------------------------------------- score cache

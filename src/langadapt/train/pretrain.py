@@ -30,8 +30,9 @@ from langadapt.model.fingerprint import model_fingerprint
 from langadapt.model.score import bpc_of_text
 from langadapt.train.data import CorpusSpec, load_blocks, unseen_heldout
 from langadapt.train import mtp
-from langadapt.train.curriculum import cached_block_losses, curriculum_order, document_length_per_block
-from langadapt.train.engine import TrainingData, added_row_ids, prepare_model, run_training
+from langadapt.train.curriculum import (budget_blocks, cached_block_losses, curriculum_order,
+                                        document_length_per_block)
+from langadapt.train.engine import TrainingData, added_row_ids, budget_steps, prepare_model, run_training
 from langadapt.tokenizer.load import load_tokenizer
 from langadapt.train.recipe import PretrainOptions
 
@@ -124,7 +125,7 @@ class PretrainTask:
         self.options = options
         self.model_spec, self.sequence_length = options.model, options.block_size
         self.heldout_text, self.new_rows = "", None
-        self.blocks, self.eos_id, self.order, self.order_facts = None, None, None, {}
+        self.blocks, self.eos_id, self.read, self.order, self.order_facts = None, None, None, None, {}
 
     def load_data(self, tokenizer, state) -> TrainingData:
         o = self.options
@@ -135,8 +136,6 @@ class PretrainTask:
         if o.heldout:
             self.heldout_text = self._heldout_text(blocks, state)
         self.blocks, self.eos_id = blocks, tokenizer.eos_token_id
-        if o.block_order == "length":
-            self._set_order(document_length_per_block(blocks, tokenizer.eos_token_id), "mean_document_tokens")
         facts = {"data": blocks.facts()}
         max_tokens = None
         if o.budget_tokenizer and o.max_tokens and o.budget_tokenizer != o.model:
@@ -145,21 +144,33 @@ class PretrainTask:
             max_tokens = max(1, round(o.max_tokens * own / per_char))
             facts["budget"] = {"tokenizer": o.budget_tokenizer, "its_tokens": o.max_tokens,
                                "characters": round(o.max_tokens / per_char), "own_tokens": max_tokens}
+        if o.block_order != "shuffled":
+            steps = budget_steps(o, o.block_size, state.num_processes, max_tokens)
+            rows = steps * o.batch_size * o.grad_accum * state.num_processes if steps > 0 else None
+            self.read = budget_blocks(len(blocks), rows, o.seed)
+        if o.block_order == "length":
+            lengths = document_length_per_block(blocks, tokenizer.eos_token_id)
+            self._set_order(lengths[self.read], "mean_document_tokens")
         return TrainingData(blocks, o.block_size, bool(self.heldout_text), facts, max_tokens=max_tokens)
 
     def _set_order(self, measure: np.ndarray, name: str) -> None:
-        self.order = curriculum_order(measure, self.options.seed)
-        first, last = measure[self.order[0]], measure[self.order[-1]]
-        self.order_facts = {"block_order_measure": name, "block_order_first": round(float(first), 4),
-                            "block_order_last": round(float(last), 4), "block_order_head": self.order[:8].tolist()}
+        """Read the blocks `self.read` (whose `measure` this is) by ascending measure."""
+        ranks = curriculum_order(measure, self.options.seed)
+        self.order = self.read[ranks]
+        self.order_facts = {"block_order_measure": name, "block_order_blocks": len(self.read),
+                            "block_order_first": round(float(measure[ranks[0]]), 4),
+                            "block_order_last": round(float(measure[ranks[-1]]), 4),
+                            "block_order_head": self.order[:8].tolist()}
 
     def _order_by_loss(self, model, source) -> None:
-        """Score every block with the start model (the main process first; the others read its cache)."""
+        """Score the blocks the budget reads with the start model (the main process first; the others
+        read its cache)."""
         state = PartialState()
         model.to(state.device)
         with state.main_process_first():
-            losses = cached_block_losses(model, model_fingerprint(source), self.blocks, self.options.batch_size,
-                                         state.device, progress=self.options.progress and state.is_main_process)
+            losses = cached_block_losses(model, model_fingerprint(source), self.blocks, self.read,
+                                         self.options.batch_size, state.device,
+                                         progress=self.options.progress and state.is_main_process)
         self._set_order(losses, "start_model_loss")
 
     def _heldout_text(self, blocks, state) -> str:

@@ -144,7 +144,10 @@ class PretrainOptions(TrainOptions):
                                    "documents a block's tokens come from, shorter documents first, as curriculum "
                                    "learning by length orders data; Kim & Lee 2024 sort by prompt length). loss and "
                                    "length read the blocks sequentially in that order in every epoch, ties broken by "
-                                   "a permutation seeded by `seed`; --resume keeps the order")
+                                   "a permutation seeded by `seed`; --resume keeps the order. A budget below one pass over the corpus "
+                                   "orders only the blocks it reads, drawn at random (seeded) as shuffled would: "
+                                   "the curriculum changes the order of the text, not which text (loss scores only "
+                                   "those blocks)")
     edge_layers: int = option(0, help="Yamaguchi et al. 2024's layer subset (\"2x2 LS\"): with stage full, only the "
                                       "first N and the last N decoder layers, the input embeddings and the LM head "
                                       "train; every other weight (middle layers, final norm) stays frozen. Saved as a "
