@@ -39,6 +39,8 @@ def test_break_even_within_the_curves_is_interpolated():
     level = break_even("curriculum", [(0, 5.0), (100, 4.7), (200, 4.6)], control)  # same start, then below
     assert level.measured and level.tokens == 0
     assert level.sentence(200) == "curriculum is at or below the control's curve from its first point (-0.100 bits/char at the end)"
+    above = break_even("length", [(0, 5.0), (100, 4.9), (200, 4.75)], control)  # same start, then above all along
+    assert not above.measured and "from its first point" not in above.sentence(200)
 
 
 def test_break_even_beyond_the_budget_is_an_extrapolation_of_a_log_linear_gap():

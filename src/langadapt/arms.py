@@ -192,7 +192,7 @@ def break_even(arm: str, curve: list[tuple[int, float]], control: list[tuple[int
     for (x0, g0), (x1, g1) in zip(gaps, gaps[1:]):
         if g1 <= 0 < g0:
             return BreakEven(arm, x0 + (x1 - x0) * g0 / (g0 - g1), True, gaps[-1][1])
-    if gaps[0][1] <= 0:
+    if all(g <= 0 for _, g in gaps):  # level with or below the control at every point (e.g. the same start)
         return BreakEven(arm, gaps[0][0], True, gaps[-1][1])
     later = [(math.log(x), g) for x, g in gaps if x > 0]
     if len(later) < MIN_FIT_POINTS:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from langadapt.options import Options, OptionError, option
-from langadapt.pipeline import load_run_recipe, run_recipe
+from langadapt.pipeline import distributed_overrides, load_run_recipe, run_recipe
 
 DEMO_RECIPE = Path(__file__).with_name("recipes") / "demo.yaml"
 
@@ -47,6 +47,9 @@ class DemoOptions(Options):
     scale: float = option(1.0, help="multiply every token budget (training, and the fit init's sample) by this "
                                     "factor, e.g. 0.1 for a quick look")
     dry_run: bool = option(False, help="print the plan only")
+    nproc_per_node: str | None = option(None, metavar="N|auto", help="train on N processes (as `run`): the same "
+                                        "tokens in total, the same kind of report")
+    master_port: int | None = option(None, help="the port the training processes meet on (default 29500)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -60,7 +63,8 @@ def demo_command(opts: DemoOptions) -> int:
     exports = importlib.util.find_spec("llama_cpp") is not None
     if exports:
         overrides["export"] = {"gguf": "q8_0", "arm": "ext-all"}
-    report = run_recipe(DEMO_RECIPE, out=opts.out, dry_run=opts.dry_run, overrides=overrides)
+    report = run_recipe(DEMO_RECIPE, out=opts.out, dry_run=opts.dry_run, overrides=overrides,
+                        distributed=distributed_overrides(opts))
     if not opts.dry_run:
         chat = Path(opts.out) / "ext-all" / "model-sft"
         print(f"\nThe report is {report}.\nChat with an arm's model (control, ext-100 or ext-all):  "

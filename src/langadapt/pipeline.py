@@ -44,7 +44,7 @@ from langadapt.model.extend import ModelExtendOptions
 from langadapt.model.prune import ModelPruneOptions
 from langadapt.options import (Options, OptionError, embed, from_mapping, option, read_yaml_mapping, to_argv,
                                to_mapping, unknown_key_error)
-from langadapt.outputs import OutputOptions, write_json_atomic
+from langadapt.outputs import OutputOptions, atomic_output_file, write_json_atomic
 from langadapt.run_report import write_report
 from langadapt.sources import ALIASES, looks_like_hub_id
 from langadapt.tokenizer.merge import TokenizerMergeOptions
@@ -52,11 +52,13 @@ from langadapt.tokenizer.prune import TokenizerPruneOptions
 from langadapt.tokenizer.report import TokenizerReportOptions
 from langadapt.train.engine import latest_checkpoint
 from langadapt.train.instructions import read_conversations
+from langadapt.train.launch import (STRATEGIES, ZERO_STAGES, DistributedOptions, accelerate_config, check_distributed, launch_argv,
+                                    launched_from_outside, visible_gpus)
 from langadapt.train.merge import MergeOptions
 from langadapt.train.recipe import PretrainOptions, SftOptions
 
 TOP_KEYS = ("name", "description", "base", "lang", "out", "data", "tokenizer", "model", "pretrain", "sft",
-            "arms", "budget", "control", "eval", "export")
+            "arms", "budget", "control", "eval", "export", "distributed")
 BUDGETS = ("tokens", "characters")
 TOKENIZER_METHODS = ("extend", "prune", "keep")
 STATE_FILE = "run-state.json"
@@ -526,8 +528,19 @@ def is_done(step: Step, state: dict) -> bool:
     return bool(record.get("done")) and record.get("signature") == step.signature and step.output.exists()
 
 
-def execute_step(step: Step, out: Path, state: dict) -> float:
-    """Run one step in this process (an interrupted training step resumes); return its seconds."""
+def _outside_ranks():
+    """accelerate's PartialState when `run` is one rank of an outside launch (torchrun, srun), else None."""
+    if not launched_from_outside():
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def execute_step(step: Step, out: Path, state: dict, launch: DistributedOptions | None = None, gpus: int = 0,
+                 record: bool = True) -> float:
+    """Run one step (an interrupted training step resumes); return its seconds. A training step with
+    `launch` runs under `accelerate launch` on that many processes; `record` writes the run state."""
     start = time.time()
     options = step.options
     if step.trains:
@@ -541,21 +554,42 @@ def execute_step(step: Step, out: Path, state: dict) -> float:
     elif step.name.startswith("eval-"):
         step.output.parent.mkdir(parents=True, exist_ok=True)
     state["steps"][step.name] = {"signature": step.signature, "done": False, "command": step.text()}
-    write_json_atomic(out / STATE_FILE, state)
-    find(step.command).run(options)
+    if record:
+        write_json_atomic(out / STATE_FILE, state)
+    if launch is not None:
+        _launch_training(step, out, launch, gpus)
+    else:
+        find(step.command).run(options)
     seconds = time.time() - start
     state["steps"][step.name].update(done=True, seconds=round(seconds, 1))
-    write_json_atomic(out / STATE_FILE, state)
+    if record:
+        write_json_atomic(out / STATE_FILE, state)
     return seconds
+
+
+def _launch_training(step: Step, out: Path, dist: DistributedOptions, gpus: int) -> None:
+    """The training step's recipe file under `accelerate launch`, with a config generated for `dist`."""
+    import subprocess
+
+    node = f"-node{dist.node_rank}" if dist.nnodes > 1 else ""  # the nodes share `out`: one file each
+    config = out / "recipes" / f"accelerate-{dist.strategy}{node}.yaml"
+    mixed = "bf16" if step.options.precision == "bf16" or (step.options.precision == "auto" and gpus) else "no"
+    with atomic_output_file(config, overwrite=True) as tmp:
+        tmp.write_text(yaml.safe_dump(accelerate_config(dist, gpus, mixed), sort_keys=False), encoding="utf-8")
+    argv = launch_argv(config, step.command, out / "recipes" / f"{step.name}.yaml", dist)
+    print(f"  launching: {' '.join(argv[2:])}", flush=True)
+    if subprocess.run(argv).returncode != 0:
+        raise LangadaptError(f"{step.name}: the training processes failed (their errors are above); running "
+                             "`langadapt run` again resumes from the newest checkpoint")
 
 
 def _write_accelerate_recipe(step: Step, options, out: Path) -> None:
     """<out>/recipes/<step>.yaml: the training step as a recipe, for `accelerate launch` on many GPUs."""
     path = out / "recipes" / f"{step.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# step {step.name} of `langadapt run`; on several GPUs: accelerate launch --config_file "
-                    f"configs/accelerate/ddp.yaml -m langadapt.cli {step.command} --config {path}\n"
-                    + yaml.safe_dump(to_mapping(options), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    with atomic_output_file(path, overwrite=True) as tmp:  # several nodes may write the same file
+        tmp.write_text(f"# step {step.name} of `langadapt run`; on several GPUs: accelerate launch --config_file "
+                       f"configs/accelerate/ddp.yaml -m langadapt.cli {step.command} --config {path}\n"
+                       + yaml.safe_dump(to_mapping(options), allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- memory plan
@@ -618,7 +652,7 @@ def _hub_config(repo: str) -> dict | None:
     return None
 
 
-def memory_plans(steps: list[Step]) -> list[dict]:
+def memory_plans(steps: list[Step], world_size: int = 1, zero_stage: int = 0) -> list[dict]:
     """The planned peak memory per device of every training step (`train.memory`), with the tokens it
     processes; a step whose model config cannot be read without running earlier steps says so."""
     from langadapt.train.memory import ModelShape, memory_plan, training_shape
@@ -639,7 +673,7 @@ def memory_plans(steps: list[Step]) -> list[dict]:
         except ValueError as e:
             plans.append({**entry, "memory_gib": None, "why": str(e)})
             continue
-        plan = memory_plan(shape, training_shape(o, added_rows=added))
+        plan = memory_plan(shape, training_shape(o, added_rows=added, world_size=world_size, zero_stage=zero_stage))
         plans.append({**entry, "memory_gib": {k: plan[k] for k in ("weights", "trainable", "optimizer", "activations",
                                                                     "total")},
                       "params": plan["params"], "trainable_params": plan["trainable_params"]})
@@ -662,8 +696,10 @@ def _print_memory_plans(plans: list[dict]) -> None:
 
 
 def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = False,
-               from_step: str | None = None, overrides: dict | None = None, plan_json: str | None = None) -> Path:
-    """Run (or, with `dry_run`, check and print) a run recipe; return the report path."""
+               from_step: str | None = None, overrides: dict | None = None, plan_json: str | None = None,
+               distributed: dict | None = None) -> Path:
+    """Run (or, with `dry_run`, check and print) a run recipe; return the report path. `distributed`:
+    keys of the recipe's `distributed:` section that override it (from the command line)."""
     recipe_path = Path(recipe_path)
     recipe = load_run_recipe(recipe_path)
     for dotted, value in (overrides or {}).items():  # e.g. {"pretrain.0.max_tokens": 20000}
@@ -671,6 +707,14 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     out_dir = Path(out or recipe["out"])
     run_plan = plan_run(recipe, recipe_path, out_dir, write=not dry_run)
     steps = run_plan.steps
+    dist = from_mapping(DistributedOptions, {**(recipe.get("distributed") or {}), **(distributed or {})},
+                        str(recipe_path), section="distributed")
+    gpus = visible_gpus()
+    world = 1 if launched_from_outside() else dist.world_size(gpus)
+    if world > 1:
+        for step in steps:
+            if step.trains:
+                check_distributed(dist, step.name, step.options, gpus)
     names = [s.name for s in steps] + ["report"]
     if from_step is not None and from_step not in names:
         raise LangadaptError(f"--from-step {from_step}: no such step; steps: {', '.join(names)}")
@@ -688,8 +732,11 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     for i, step in enumerate(steps, 1):
         print(f"  {i:>2}. {step.name:<{width}}  [{'done' if is_done(step, state) else 'to run'}]  {step.text()}")
     print(f"  {len(names):>2}. {'report':<{width}}  [to run]  write {out_dir / 'report.md'}")
+    if world > 1:
+        print(f"  training steps: {dist.processes_per_node(gpus)} processes on each of {dist.nnodes} node(s), "
+              f"strategy {dist.strategy} (accelerate launch); every other step runs once, here")
     if dry_run:
-        plans = memory_plans(steps)
+        plans = memory_plans(steps, world_size=world, zero_stage=ZERO_STAGES[dist.strategy])
         _print_memory_plans(plans)
         if plan_json:
             write_json_atomic(plan_json, {"steps": plans})
@@ -699,13 +746,25 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     out_dir.mkdir(parents=True, exist_ok=True)
     state["recipe"] = str(recipe_path)
     total = time.time()
+    ranks = _outside_ranks()
+    main_rank = (ranks is None or ranks.is_main_process) and dist.node_rank == 0
     for i, step in enumerate(steps, 1):
         if is_done(step, state):
             print(f"\n[{i}/{len(names)}] {step.name}: done before, skipped")
             continue
         print(f"\n[{i}/{len(names)}] {step.name}: {step.text()}", flush=True)
-        seconds = execute_step(step, out_dir, state)
+        if ranks is None and dist.node_rank > 0 and not step.trains:
+            print("  node 0 runs it (the nodes share the run directory)")
+            continue
+        if ranks is not None and not step.trains:  # launched from outside: one rank runs it, the others wait
+            seconds = execute_step(step, out_dir, state) if main_rank else 0.0
+            ranks.wait_for_everyone()
+        else:
+            launch = dist if world > 1 and ranks is None and step.trains else None
+            seconds = execute_step(step, out_dir, state, launch=launch, gpus=gpus, record=main_rank)
         print(f"  {step.name} finished in {seconds:.0f} s", flush=True)
+    if not main_rank:
+        return out_dir / "report.md"
     print(f"\n[{len(names)}/{len(names)}] report: {out_dir / 'report.md'}")
     write_report(recipe, steps, run_plan.arms, out_dir, tolerance=run_plan.evals.verdict_tolerance)
     print(f"\nrun finished in {(time.time() - total) / 60:.1f} min; report: {out_dir / 'report.md'}")
@@ -734,14 +793,30 @@ class RunOptions(Options):
                                        "the plan, train nothing")
     out: str | None = option(None, metavar="DIR", help="override the recipe's out")
     from_step: str | None = option(None, metavar="STEP", help="redo this step and every later one")
+    nproc_per_node: str | None = option(None, metavar="N|auto", help="train on N processes per node (auto: one per "
+                                        "GPU), launched through accelerate; every other step runs once. Overrides "
+                                        "the recipe's distributed.nproc_per_node")
+    nnodes: int | None = option(None, help="nodes (the same command on each, with --node-rank)")
+    node_rank: int | None = option(None, help="this node's rank")
+    master_addr: str | None = option(None, metavar="HOST", help="node 0's address (c10d rendezvous)")
+    master_port: int | None = option(None, help="a free port on node 0")
+    strategy: str | None = option(None, choices=STRATEGIES, help="ddp, zero2, zero3 or fsdp (see the recipe's "
+                                                                   "distributed section in the README)")
     plan_json: str | None = option(None, metavar="FILE", help="with --dry-run: also write the memory plan of every "
                                    "training step to FILE as {\"steps\": [{\"name\", \"memory_gib\": {\"weights\", "
                                    "\"trainable\", \"optimizer\", \"activations\", \"total\"}, \"tokens\"}]}")
+
+
+def distributed_overrides(opts) -> dict:
+    """The distributed keys given on the command line (`run`, `demo`), which override the recipe's."""
+    keys = ("strategy", "nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
+    return {k: getattr(opts, k) for k in keys if getattr(opts, k, None) is not None}
 
 
 def run_command(opts: RunOptions) -> int:
     """Run (or check) a run recipe."""
     if opts.plan_json and not opts.dry_run:
         raise OptionError("plan_json", "is written by --dry-run; add --dry-run")
-    run_recipe(opts.recipe, out=opts.out, dry_run=opts.dry_run, from_step=opts.from_step, plan_json=opts.plan_json)
+    run_recipe(opts.recipe, out=opts.out, dry_run=opts.dry_run, from_step=opts.from_step, plan_json=opts.plan_json,
+               distributed=distributed_overrides(opts))
     return 0
