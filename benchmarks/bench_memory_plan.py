@@ -34,6 +34,8 @@ CASES = {  # name: pretrain options beyond the common ones
     "full, block 512 x 4, no checkpointing": dict(stage="full", block_size=512, batch_size=4,
                                                  gradient_checkpointing=False),
     "embeddings, block 512 x 4": dict(stage="embeddings", block_size=512, batch_size=4, gradient_checkpointing=False),
+    "QLoRA nf4, block 512 x 4, no checkpointing": dict(stage="lora", quantization="nf4", block_size=512, batch_size=4,
+                                                      gradient_checkpointing=False),
 }
 
 CHILD = r"""
@@ -72,6 +74,7 @@ def _planned(options) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "bench_memory_plan.json"))
+    p.add_argument("--only", default="", help="run only the cases whose name holds this text")
     p.add_argument("--mmap-threshold", type=int, default=65536,
                    help="glibc's MALLOC_MMAP_THRESHOLD_ for the measured processes (0: glibc's default). With the "
                         "default, glibc raises its threshold as large blocks are freed and keeps later ones in its "
@@ -84,6 +87,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, case in CASES.items():
+            if args.only not in name:
+                continue
             options = PretrainOptions(model="smollm2-135m", corpus=["embedded:ko-train"], out=f"{tmp}/{len(rows)}",
                                       max_steps=2, eval_steps=0, save_steps=100, keep_checkpoints=False,
                                       progress=False, cache_dir=f"{tmp}/cache", **case)

@@ -50,7 +50,8 @@ from langadapt.options import to_mapping
 from langadapt.outputs import atomic_output_dir, read_adaptation_json, write_adaptation_json
 from langadapt.sources import resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
-from langadapt.train.adapter import base_facts, embedding_pair, load_adapter, new_adapter, read_adapter, save_adapter
+from langadapt.train.adapter import (base_facts, embedding_pair, load_adapter, module_name, new_adapter, read_adapter,
+                                    save_adapter)
 from langadapt.train.recipe import TrainOptions
 
 COMPLETE_MARK = "langadapt-complete"  # written last into a checkpoint dir
@@ -104,6 +105,10 @@ def prepare_model(model, recipe: TrainOptions, new_rows: list[int] | None, adapt
         for name, p in model.named_parameters():
             p.requires_grad_(train is None or name in train)
         return model
+    if getattr(recipe, "quantization", None):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
     if adapter_dir:
         stage = read_adapter(adapter_dir).get("stage")
         if stage != recipe.stage:
@@ -328,10 +333,35 @@ def train_or_explain(trainer, resume_from: Path | None, out: Path):
         raise
 
 
-def load_model_for_training(source, tokenizer):
-    """The model at `source` in fp32 (master weights; bf16 comes through autocast), checked
-    to have an embedding row for every token of `tokenizer`."""
-    model = load_model(str(source), dtype="float32")
+def quantization_config(kind: str, model_source):
+    """bitsandbytes' config for QLoRA: the decoder's linear layers in `kind` (nf4, fp4, int8), computing
+    in fp32; the embeddings and LM head left out (they train, or hold the rows that do)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LangadaptError(f"quantization {kind} needs bitsandbytes: pip install 'langadapt[qlora]'")
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_source)))
+    keep = [module_name(skeleton, m) for m in (skeleton.get_input_embeddings(), skeleton.get_output_embeddings())]
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=torch.float32,
+                              llm_int8_skip_modules=keep)
+
+
+def load_model_for_training(source, tokenizer, quantization: str | None = None):
+    """The model at `source` in fp32 (master weights; bf16 comes through autocast), its decoder's
+    linear layers quantised with `quantization` (QLoRA), checked to have an embedding row for every
+    token of `tokenizer`."""
+    if quantization:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
+                                                     quantization_config=quantization_config(quantization, source))
+    else:
+        model = load_model(str(source), dtype="float32")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab_rows:
         raise LangadaptError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_rows} embedding "
@@ -398,7 +428,7 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
         for name, text in data.files.items():
             (out / name).write_text(text, encoding="utf-8")
 
-    model = load_model_for_training(source, tokenizer)
+    model = load_model_for_training(source, tokenizer, getattr(options, "quantization", None))
     base = base_facts(model)  # before the model is wrapped
     set_seed(options.seed)  # LoRA's initial weights are random: the same seed, the same run
     model = task.prepare(model, source)

@@ -184,5 +184,6 @@ def training_shape(options, added_rows: int = 0, world_size: int = 1, zero_stage
                          edge_layers=getattr(options, "edge_layers", 0),
                          block_size=getattr(options, "block_size", None) or options.max_seq_len,
                          micro_batch=options.batch_size, gradient_checkpointing=options.gradient_checkpointing,
-                         activation_dtype="bfloat16" if bf16 else "float32", world_size=world_size,
+                         activation_dtype="bfloat16" if bf16 else "float32",
+                         quantization=getattr(options, "quantization", None), world_size=world_size,
                          zero_stage=zero_stage)

@@ -18,6 +18,7 @@ from langadapt.options import Options, OptionError, embed, from_mapping, option,
 
 STAGES = ("embeddings", "lora", "full")
 BLOCK_ORDERS = ("shuffled", "loss", "length")
+QUANTIZATIONS = ("nf4", "fp4", "int8")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 POSITIVE = ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "lora_r", "lora_alpha")
 
@@ -71,6 +72,12 @@ class TrainOptions(Options):
                                  "logged during the run (scored under the same autocast) differ from fp32 in the "
                                  "third decimal; `eval bpc` scores the result in fp32. On a CPU it pays only with "
                                  "AMX or AVX512-BF16 (~1.55x per step); elsewhere (AVX2) it is many times slower")
+    quantization: str | None = option(None, choices=QUANTIZATIONS,
+                                      help="QLoRA (stage lora): load the frozen base's decoder weights quantised "
+                                           "by bitsandbytes (nf4, fp4: 4 bits; int8), pip install "
+                                           "'langadapt[qlora]'. The embeddings and LM head are never quantised; "
+                                           "LoRA and every trainable row stay fp32. The adapter is plain peft, and "
+                                           "`merge` folds it into the full-precision base. Runs on a CPU too, slowly")
     dataloader_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(False, help="continue from the newest complete checkpoint in out")
     overwrite: bool = option(False, help="delete an existing run in out and start over")
@@ -97,6 +104,9 @@ class TrainOptions(Options):
             raise OptionError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if self.resume and self.overwrite:
             raise OptionError("resume", "resume and overwrite contradict each other; choose one")
+        if self.quantization and self.stage != "lora":
+            raise OptionError("quantization", f"quantises the frozen base of stage lora (QLoRA); stage {self.stage} "
+                                              "trains the weights it would quantise")
 
 
 @dataclass
