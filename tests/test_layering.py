@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "langadapt"
 # Stage-free helpers any stage may use.
 SHARED = {"errors", "options", "outputs", "sources", "commands", "__init__"}
 LAYERS = {"lang": 1, "corpus": 2, "tokenizer": 3, "model": 4, "train": 5, "eval": 6, "serve": 6, "export": 6,
-          "arms": 7, "run_report": 8, "pipeline": 9, "demo": 10, "cli": 11}
+          "arms": 7, "run_report": 8, "run_memory": 8, "pipeline": 9, "demo": 10, "cli": 11}
 
 
 def _module(path: Path) -> str:

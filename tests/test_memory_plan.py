@@ -92,6 +92,6 @@ def test_the_hub_models_plan_offline_from_their_known_sizes(capsys, monkeypatch)
         raise AssertionError("the plan must not go to the hub for a known model")
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", no_hub)
-    from langadapt.pipeline import _hub_config
+    from langadapt.run_memory import _hub_config
 
     assert _hub_config("meta-llama/Meta-Llama-3-8B")["num_key_value_heads"] == 8
