@@ -113,9 +113,16 @@ def test_run_trains_on_two_processes_as_on_one_with_the_same_global_batch(tiny_r
         torch.testing.assert_close(two[name], single[name], rtol=1e-3, atol=1e-5)
 
 
-def test_distributed_combinations_the_libraries_refuse_are_refused_at_plan_time(tiny_recipe, capsys):
+def test_distributed_combinations_the_libraries_refuse_are_refused_at_plan_time(tiny_recipe, tiny_llama_dir, capsys):
+    from langadapt.errors import LangadaptError
+    from langadapt.train.launch import DistributedOptions, check_distributed
+    from langadapt.train.recipe import PretrainOptions
+
+    lora = PretrainOptions(model=str(tiny_llama_dir), corpus=["x"], out="o", stage="lora")
     assert main(["run", str(tiny_recipe), "--dry-run", "--nproc-per-node", "2", "--strategy", "zero3"]) == 2
-    assert "no GPU is visible; use strategy ddp on a CPU" in capsys.readouterr().err
+    assert "stage embeddings with distributed.strategy zero3" in capsys.readouterr().err
+    with pytest.raises(LangadaptError, match="no GPU is visible; use strategy ddp on a CPU"):  # when it runs
+        check_distributed(DistributedOptions(strategy="zero2", nproc_per_node="2"), "pretrain-lora", lora, 0)
     assert main(["run", str(tiny_recipe), "--dry-run", "--nproc-per-node", "auto"]) == 2
     assert "auto starts one process per GPU, and no GPU is visible" in capsys.readouterr().err
     assert main(["run", str(tiny_recipe), "--dry-run", "--nnodes", "2", "--node-rank", "2"]) == 2

@@ -612,7 +612,7 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     if world > 1:
         for step in steps:
             if step.trains:
-                check_distributed(dist, step.name, step.options, gpus)
+                check_distributed(dist, step.name, step.options, gpus, plan_only=dry_run)
     names = [s.name for s in steps] + ["report"]
     if from_step is not None and from_step not in names:
         raise LangadaptError(f"--from-step {from_step}: no such step; steps: {', '.join(names)}")

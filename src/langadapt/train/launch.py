@@ -72,14 +72,17 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_distributed(dist: DistributedOptions, step: str, options, gpus: int) -> None:
-    """Refuse what the libraries cannot do, naming the recipe field and what to use instead."""
-    per_node = dist.processes_per_node(gpus)
-    if dist.strategy in ("zero2", "zero3", "fsdp") and gpus == 0:
-        raise LangadaptError(f"distributed.strategy {dist.strategy}: accelerate enables DeepSpeed and FSDP on GPUs "
-                             "only, and no GPU is visible; use strategy ddp on a CPU")
-    if gpus and per_node > gpus:
-        raise LangadaptError(f"distributed.nproc_per_node {per_node}: only {gpus} GPUs are visible on this node")
+def check_distributed(dist: DistributedOptions, step: str, options, gpus: int, plan_only: bool = False) -> None:
+    """Refuse what the libraries cannot do, naming the recipe field and what to use instead. With
+    `plan_only` (a dry run, perhaps on a laptop planning for a GPU machine) this machine's GPUs are
+    not asked for."""
+    if not plan_only:
+        per_node = dist.processes_per_node(gpus)
+        if dist.strategy in ("zero2", "zero3", "fsdp") and gpus == 0:
+            raise LangadaptError(f"distributed.strategy {dist.strategy}: accelerate enables DeepSpeed and FSDP on "
+                                 "GPUs only, and no GPU is visible; use strategy ddp on a CPU")
+        if gpus and per_node > gpus:
+            raise LangadaptError(f"distributed.nproc_per_node {per_node}: only {gpus} GPUs are visible on this node")
     if dist.strategy in ("zero3", "fsdp") and options.stage != "full":
         why = ("peft's trainable copies of the embeddings and LM head (modules_to_save) break under ZeRO-3 "
                "(transformers#28468, peft#2450) and trainable token rows fail at save time (peft#2946)"
@@ -87,7 +90,7 @@ def check_distributed(dist: DistributedOptions, step: str, options, gpus: int) -
                "FSDP shards the embedding and LM head whose rows langadapt saves from each process's parameters")
         raise LangadaptError(f"{step}: stage {options.stage} with distributed.strategy {dist.strategy}: {why}; use "
                              "strategy zero2 or ddp (each GPU holds the frozen base), or stage full")
-    if dist.strategy == "zero2":
+    if dist.strategy == "zero2" and not plan_only:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
