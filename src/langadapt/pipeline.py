@@ -53,8 +53,8 @@ from langadapt.tokenizer.prune import TokenizerPruneOptions
 from langadapt.tokenizer.report import TokenizerReportOptions
 from langadapt.train.engine import latest_checkpoint
 from langadapt.train.instructions import read_conversations
-from langadapt.train.launch import (STRATEGIES, ZERO_STAGES, DistributedOptions, accelerate_config, check_distributed, launch_argv,
-                                    launched_from_outside, visible_gpus)
+from langadapt.train.launch import (STRATEGIES, ZERO_STAGES, DistributedOptions, accelerate_config, check_distributed,
+                                    launch_argv, launched_from_outside, visible_gpus)
 from langadapt.train.merge import MergeOptions
 from langadapt.train.recipe import PretrainOptions, SftOptions
 
@@ -608,6 +608,10 @@ def run_recipe(recipe_path: str | Path, out: str | None = None, dry_run: bool = 
     dist = from_mapping(DistributedOptions, {**(recipe.get("distributed") or {}), **(distributed or {})},
                         str(recipe_path), section="distributed")
     gpus = visible_gpus()
+    if launched_from_outside() and not gpus:
+        raise LangadaptError("`run` is one of several processes (WORLD_SIZE is set) on a machine without GPUs, where "
+                             "accelerate does not join them (it sees one process each); use `langadapt run "
+                             "--nproc-per-node N` instead, which launches the training steps itself")
     world = 1 if launched_from_outside() else dist.world_size(gpus)
     if world > 1:
         for step in steps:

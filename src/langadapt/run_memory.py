@@ -33,7 +33,8 @@ def _planned_config(model: str, steps: list, hub: dict) -> tuple[dict, int] | No
         except (LangadaptError, OSError, ValueError):
             return None
     if maker.command == "merge":
-        trained = next((s for s in steps if s.trains and str(maker.options.adapter).startswith(str(s.options.out))), None)
+        adapter = str(maker.options.adapter)
+        trained = next((s for s in steps if s.trains and adapter.startswith(str(s.options.out))), None)
         return _planned_config(trained.options.model, steps, hub) if trained else None
     if maker.command == "model extend":
         base = _planned_config(maker.options.base, steps, hub)
