@@ -105,12 +105,13 @@ def model_context(model_or_config) -> int | None:
     return getattr(config, "langadapt_max_context", None) or getattr(config, "max_position_embeddings", None)
 
 
-def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | None = None):
+def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | None = None,
+               quantization_config: Any = None):
     """Load a causal LM (`AutoModelForCausalLM`) from an alias, `.gguf`, local dir or hub id.
 
     `dtype`: None keeps the dtype the checkpoint was saved in; else a torch dtype or its name
     ("float32", "bfloat16", ...). `rope_scaling`: "linear:F", "dynamic:F", "yarn:F", "auto" or
-    None (see `apply_rope_scaling`).
+    None (see `apply_rope_scaling`). `quantization_config`: transformers' (e.g. bitsandbytes', for QLoRA).
     """
     source = resolve_model_source(spec)
     if isinstance(dtype, str):
@@ -118,7 +119,7 @@ def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | N
             raise LangadaptError(f"unknown dtype '{dtype}' (expected e.g. float32, bfloat16, float16)")
         dtype = getattr(torch, dtype)
     try:
-        kwargs = {}
+        kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
         if parse_rope_scaling(rope_scaling):
             kwargs["config"] = AutoConfig.from_pretrained(str(source))
             apply_rope_scaling(kwargs["config"], rope_scaling)

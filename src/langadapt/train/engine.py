@@ -355,13 +355,8 @@ def load_model_for_training(source, tokenizer, quantization: str | None = None):
     """The model at `source` in fp32 (master weights; bf16 comes through autocast), its decoder's
     linear layers quantised with `quantization` (QLoRA), checked to have an embedding row for every
     token of `tokenizer`."""
-    if quantization:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
-                                                     quantization_config=quantization_config(quantization, source))
-    else:
-        model = load_model(str(source), dtype="float32")
+    quantized = quantization_config(quantization, source) if quantization else None
+    model = load_model(str(source), dtype="float32", quantization_config=quantized)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab_rows:
         raise LangadaptError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_rows} embedding "
