@@ -38,10 +38,11 @@ CACHE_SNIPPET = """
 import json, sys, time
 from langadapt.tokenizer.load import load_tokenizer
 from langadapt.sources import resolve_model_source
+from langadapt.corpus import ReadingOptions
 from langadapt.train.data import CorpusSpec, load_blocks
 tok = load_tokenizer(str(resolve_model_source(sys.argv[1])))
 start = time.perf_counter()
-data = load_blocks(tok, CorpusSpec([sys.argv[2]], lang="bo"), 512, sys.argv[3], progress=False)
+data = load_blocks(tok, CorpusSpec([sys.argv[2]], ReadingOptions(lang="bo")), 512, sys.argv[3], progress=False)
 print(json.dumps({"seconds": time.perf_counter() - start, **data.facts()}))
 """
 
@@ -169,6 +170,7 @@ def main() -> int:
 
     from langadapt.sources import resolve_model_source
     from langadapt.tokenizer.load import load_tokenizer
+    from langadapt.corpus import ReadingOptions
     from langadapt.train.data import CorpusSpec, load_blocks
     from langadapt.train.recipe import recipe_from_dict
 
@@ -191,14 +193,14 @@ def main() -> int:
                         logging_steps=1000, progress=False, cache_dir=str(work / "cache-news"))
             recipe = recipe_from_dict(base, "bench")
             tokenizer = load_tokenizer(str(resolve_model_source(args.model)))
-            blocks = load_blocks(tokenizer, CorpusSpec([news], lang="bo"), args.block_size, work / "cache-news",
+            blocks = load_blocks(tokenizer, CorpusSpec([news], ReadingOptions(lang="bo")), args.block_size, work / "cache-news",
                                  progress=False)
             facts = blocks.facts()
             chars_per_token = facts["characters"] / facts["tokens"]
             packed = throughput(recipe, blocks, None,
                                 lambda b: (b["input_ids"].numel(), round(b["input_ids"].numel() * chars_per_token)))
-            spec = CorpusSpec([news], lang="bo")
-            lines = [t for f in spec.files() for t in spec.records(f)]
+            spec = CorpusSpec([news], ReadingOptions(lang="bo"))
+            lines = list(spec.reading.iter_texts(spec.files()))
             padded_data = PaddedLines(tokenizer, lines, args.block_size)
             def count_padded(b):
                 return int(b["attention_mask"].sum()), b.pop("n_chars")

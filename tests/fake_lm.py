@@ -12,7 +12,8 @@ class RuleLM(LlamaForCausalLM):
     """A Llama whose next-token logits are `rule(input_ids)` -> (batch, vocab); the weights are unused.
 
     `generate` is run without a KV cache (`use_cache=False` in the generation config), so the
-    rule always sees the whole sequence."""
+    rule always sees the whole sequence. Given a cache (`model.batch`), the model keeps the token ids in
+    it (as the keys of one layer), so the rule still sees whole sequences (left padding as id 0)."""
 
     def __init__(self, vocab_size: int, rule, eos_token_id: int | None = None, pad_token_id: int | None = None):
         config = LlamaConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
@@ -23,11 +24,15 @@ class RuleLM(LlamaForCausalLM):
         self.generation_config.use_cache = False
         self.eval()
 
-    def forward(self, input_ids=None, **kwargs):
-        last = self.rule(input_ids).to(torch.float32)
+    def forward(self, input_ids=None, cache=None, **kwargs):
+        seen = input_ids
+        if cache is not None:
+            as_keys = input_ids[:, None, :, None].float()
+            seen = cache.update(as_keys, as_keys, 0)[0][:, 0, :, 0].long()
+        last = self.rule(seen).to(torch.float32)
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], last.shape[-1])
         logits[:, -1] = last
-        return CausalLMOutputWithPast(logits=logits)
+        return CausalLMOutputWithPast(logits=logits, cache=cache)
 
 
 def preference_logits(vocab_size: int, preferred: list[int]) -> torch.Tensor:

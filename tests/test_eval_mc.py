@@ -127,6 +127,34 @@ def test_batched_scores_equal_a_plain_computation_per_choice(tiny):
         assert got == pytest.approx([reference_loglikelihood(model, context, a) for a in answers], abs=1e-4)
 
 
+def test_a_shared_prefix_run_once_gives_the_same_scores(tiny):
+    """The shots' KV cache reused for every question (`groups`) scores as the whole prompts do."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(1)
+
+    def rand(n):
+        return torch.randint(3, 500, (n,), generator=g).tolist()
+
+    shots, other = rand(60), rand(30)
+    requests = [(shots + rand(7), [rand(1), rand(1), rand(1), rand(1)]),
+                (shots + rand(19), [rand(3), rand(1), rand(2)]),      # multi-token answers: rows of their own
+                (shots + rand(2), [rand(1), rand(1)]),
+                (other + rand(9), [rand(1), rand(1)]),                # another subject: its own prefix
+                (other + rand(4), [rand(2), rand(1)])]
+    tokens_run: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _, args, kw: tokens_run.append(kw["input_ids"].numel()),
+                                           with_kwargs=True)
+    try:
+        plain = score_answers(model, requests, batch_tokens=150, progress=False)
+        plain_tokens, tokens_run[:] = sum(tokens_run), []
+        reused = score_answers(model, requests, batch_tokens=150, progress=False, groups=["a", "a", "a", "b", "b"])
+    finally:
+        hook.remove()
+    for p, r in zip(plain, reused):
+        assert r == pytest.approx(p, abs=1e-4)
+    assert sum(tokens_run) < plain_tokens / 2  # the prefixes really ran once
+
+
 # ----------------------------------------------------------------------------- shot dropping
 
 def test_shots_are_dropped_whole_longest_first_and_counted(tiny):

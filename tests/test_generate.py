@@ -13,8 +13,9 @@ from fake_lm import RuleLM, preference_logits, scripted_rule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from langadapt.model.batch import generate_text
 from langadapt.model.generate import (CLOSED, STATES, Sampling, StopStrings, TextStream, Utf8Mask, Utf8Table,
-                                      decode_complete, generate_text, token_bytes, utf8_after)
+                                      token_bytes, utf8_after)
 from langadapt.tokenizer.load import load_tokenizer, tokenizer_kind
 
 TEXTS = {
@@ -201,7 +202,6 @@ def test_decoder_drops_a_character_cut_in_the_middle(name, request):
     text = "".join(stream.push(i) for i in ids[:cut]) + stream.finish()
     assert "\ufffd" not in text and TEXTS["bo"].startswith(text.lstrip(" ")) and len(text) < len(TEXTS["bo"])
     assert "\ufffd" in tok.decode(ids[:cut], skip_special_tokens=True)  # what a plain decode shows
-    assert decode_complete(tok, table, ids[:cut]) == text  # what eval generate's answers hold
 
 
 # ----------------------------------------------------------------------------- stop strings
@@ -294,7 +294,7 @@ def test_cancellation_is_checked_at_every_step(scripted):
 
 def test_a_seed_makes_sampling_repeatable(tiny_tok):
     def rule(ids):
-        return torch.randn(ids.shape[0], len(tiny_tok))  # global RNG: what the seed controls
+        return torch.zeros(ids.shape[0], len(tiny_tok))  # every token equally likely: only the draw decides
 
     model = RuleLM(len(tiny_tok), rule, eos_token_id=tiny_tok.eos_token_id, pad_token_id=tiny_tok.eos_token_id)
     table = Utf8Table(tiny_tok)

@@ -50,7 +50,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_lla
                           env=env, capture_output=True, text=True, timeout=300)
     # both ends of stderr: the failing rank's traceback may come before the launcher's summary
     assert proc.returncode == 0, proc.stderr[:4000] + "\n...\n" + proc.stderr[-4000:]
-    assert proc.stderr.count("Loading weights: 100%") == 2  # two processes
     record = json.loads((tmp_path / "ddp" / "adapter" / "adaptation.json").read_text())
     assert record["tokens_seen"] == 4 * 2 * 2 * 32 and record["steps"] == 4
     assert main(["pretrain", *common, "--batch-size", "4", "--out", str(tmp_path / "single")]) == 0

@@ -192,7 +192,7 @@ def comparison_section(arms, steps, out: Path, toks: dict | None, tolerance: flo
         first = next(s for s in steps if s.name in arms[-1].stages) if arms[-1].stages else None
         what = (f" (the first {first.options.heldout_max_chars:,} held-out characters, window {first.options.block_size}"
                 " tokens)") if first else ""
-        lines += [f"![learning curves](eval/curves.png)", "",
+        lines += ["![learning curves](eval/curves.png)", "",
                   f"Learning curves: held-out bits/char scored during pretraining{what}; the table's figures are "
                   "the final models' (after sft, where there is one), scored with the eval settings.", ""]
     lines += ["## Arms", ""] + arms_table(rows) + [""]

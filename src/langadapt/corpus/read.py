@@ -3,7 +3,7 @@
 Nothing is ever loaded whole: every format is read line by line from a binary stream, so a
 40 GB corpus costs the memory of its longest line (of its longest record for `.json`).
 
-Formats (by suffix, after an optional `.gz`):
+Formats (by suffix; the text formats optionally compressed: `.gz`, `.zst`, `.xz`, `.bz2`, streamed):
 
 | suffix | record |
 |---|---|
@@ -12,13 +12,19 @@ Formats (by suffix, after an optional `.gz`):
 | `.json` | the `field` of each object in a top-level JSON list, parsed incrementally; a `.json` file whose first line starts with `{` is read as JSON Lines |
 | `.conllu` | each `# text = ...` comment (not `# text_en`, not the token lines) |
 | `.csv` / `.tsv` | one cell per row, from `column` (a header name or a 0-based index) |
+| `.parquet` | the `column` (else `field`) of each row, one row group at a time (pyarrow) |
+| `.arrow` | the same, one record batch at a time: Arrow IPC stream or file, as `datasets` writes |
+
+A folder written by `datasets`' `save_to_disk` (it holds `state.json`) is read as its `.arrow` files in
+order; a `DatasetDict` folder as each split's. pyarrow (`.parquet`, `.arrow`) and zstandard (`.zst`)
+come with the `corpus` extra and are imported only when such a file is read.
 
 Every record is cleaned (optional), normalised by the language profile and stripped of
 surrounding whitespace; a record that is then empty is skipped (like a blank line).
 A UTF-8 byte order mark at the start of a file is dropped.
 
 Invalid UTF-8 raises `LangadaptError` naming the file and the byte offset in the file (in the
-decompressed stream for `.gz`), unless `on_bad_bytes="replace"`: then each invalid byte
+decompressed stream for compressed files), unless `on_bad_bytes="replace"`: then each invalid byte
 becomes one U+FFFD and is counted in `ReadStats.bad_bytes_replaced`.
 
 `.csv`/`.tsv` header: with `column` given by name the first row must be the header that names
@@ -30,11 +36,15 @@ TSV cells are read without quote processing (tab-separated corpora rarely quote)
 
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
 import gzip
+import importlib
+import io
 import itertools
 import json
+import lzma
 import os
 import re
 import zlib
@@ -50,8 +60,12 @@ from langadapt.errors import LangadaptError
 from langadapt.lang import LanguageProfile, get_profile
 from langadapt.options import OptionError, Options, option
 
-# Suffixes read when walking a directory or matching a glob (each also with ".gz").
+# Suffixes read when walking a directory or matching a glob (the text ones also compressed).
 TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".conllu", ".csv", ".tsv")
+TABLE_SUFFIXES = (".parquet", ".arrow")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".xz": "xz", ".bz2": "bz2"}
+_DECOMPRESS_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
+_TABLE_BATCH_ROWS = 4096
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ESCAPED_RE = re.compile("[\udc80-\udcff]")  # bytes escaped by the "surrogateescape" decoder
 _HEADER_MAX_CELL = 40
@@ -72,7 +86,7 @@ class ReadStats:
 
 
 class Record(NamedTuple):
-    """One text record and where it came from (`line`: 1-based line where it ends)."""
+    """One text record and where it came from (`line`: the 1-based line where it ends, or its row in a table)."""
 
     path: Path
     line: int
@@ -81,25 +95,39 @@ class Record(NamedTuple):
 
 # ----------------------------------------------------------------------------- paths
 
-def _suffix_of(path: Path) -> tuple[str, bool]:
-    """(format suffix, gzipped?) - e.g. ("jsonl", True) for data.jsonl.gz."""
+def _suffix_of(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression or None) - e.g. (".jsonl", "zstd") for data.jsonl.zst."""
     name = path.name.lower()
-    gz = name.endswith(".gz")
-    if gz:
-        name = name[:-3]
-    return os.path.splitext(name)[1], gz
+    stem, last = os.path.splitext(name)
+    if last in COMPRESSIONS:
+        return os.path.splitext(stem)[1], COMPRESSIONS[last]
+    return last, None
 
 
 def _is_text_file(path: Path) -> bool:
-    return _suffix_of(path)[0] in TEXT_SUFFIXES
+    suffix, compression = _suffix_of(path)
+    return suffix in TEXT_SUFFIXES or (suffix in TABLE_SUFFIXES and compression is None)
+
+
+def saved_dataset_files(directory: Path) -> list[Path]:
+    """The `.arrow` files of a folder written by `datasets`' `save_to_disk`, in order (from its state.json)."""
+    try:
+        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+        return [directory / f["filename"] for f in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LangadaptError(f"{directory / 'state.json'}: not a datasets state.json with '_data_files' ({e})") from None
 
 
 def _walk(directory: Path) -> tuple[list[Path], list[Path]]:
-    """(text files, other files) under `directory`, recursively, sorted, hidden ones skipped."""
+    """(text files, other files) under `directory`, recursively, sorted, hidden ones skipped. A folder
+    saved by `datasets` (with state.json) gives its .arrow files; its json files are not text."""
     found: list[Path] = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root) / f for f in files if not f.startswith("."))
+        if "state.json" in files:
+            found.extend(saved_dataset_files(Path(root)))
+            continue
+        found.extend(Path(root) / f for f in files if not f.startswith(".") and f != "dataset_dict.json")
     found.sort(key=lambda p: p.relative_to(directory).parts)
     text = [p for p in found if _is_text_file(p)]
     other = [p for p in found if not _is_text_file(p)]
@@ -129,7 +157,8 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
                     suffixes = sorted({q.suffix or q.name for q in other})[:5]
                     hint = f"; it has {len(other)} other file(s) ({', '.join(suffixes)}): name them explicitly to read them"
                 raise LangadaptError(
-                    f"{p}: directory has no text files ({', '.join(TEXT_SUFFIXES)}, optionally .gz){hint}")
+                    f"{p}: directory has no text files ({', '.join(TEXT_SUFFIXES + TABLE_SUFFIXES)}; the text "
+                    f"ones optionally {', '.join(COMPRESSIONS)}){hint}")
             out.extend(text)
         elif _GLOB_CHARS.search(str(item)):
             matches = sorted(glob.glob(str(item), recursive=True))
@@ -176,34 +205,179 @@ def _decode(raw: bytes, path: Path, offset: int, lineno: int, on_bad_bytes: str,
     return _ESCAPED_RE.sub("\ufffd", text)
 
 
-def _lines(path: Path, on_bad_bytes: str, stats: ReadStats, progress=None) -> Iterator[tuple[int, str]]:
-    """(line number, decoded line with its newline) for each line of `path`, streamed."""
-    gz = _suffix_of(path)[1]
+def require(module: str, path: Path, extra: str = "corpus"):
+    """Import `module` for reading `path`, or say in one line which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LangadaptError(f"{path}: reading this file needs {module.split('.')[0]}: "
+                             f"pip install 'langadapt[{extra}]'") from None
+
+
+def _decompressed(fh, compression: str | None, path: Path):
+    """A binary stream of the decompressed bytes of `fh`."""
+    if compression is None:
+        return fh
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    if compression == "bz2":
+        return bz2.BZ2File(fh)
+    if compression == "xz":
+        return lzma.LZMAFile(fh)
+    return io.BufferedReader(_ZstdFrames(fh, require("zstandard", path)), buffer_size=1 << 20)
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file of one or more frames. Unlike zstandard's stream_reader, a
+    file that ends inside a frame (truncated) raises ZstdError instead of ending quietly."""
+
+    def __init__(self, fh, zstandard):
+        self.fh, self.zstandard = fh, zstandard
+        self.dctx = zstandard.ZstdDecompressor()
+        self.frame = self.dctx.decompressobj()
+        self.fed = False  # bytes given to the current frame
+        self.out, self.pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.pos == len(self.out):
+            chunk = self.fh.read(1 << 20)
+            if not chunk:
+                if self.fed and not self.frame.eof:
+                    raise self.zstandard.ZstdError("the file ends inside a frame (truncated)")
+                return 0
+            pieces = []
+            while chunk:
+                if self.frame.eof:  # the next frame
+                    self.frame, self.fed = self.dctx.decompressobj(), False
+                pieces.append(self.frame.decompress(chunk))
+                self.fed = True
+                chunk = self.frame.unused_data if self.frame.eof else b""
+            self.out, self.pos = b"".join(pieces), 0
+        n = min(len(buffer), len(self.out) - self.pos)
+        buffer[:n] = self.out[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def _lines(path: Path, on_bad_bytes: str, stats: ReadStats, progress=None,
+           part: FilePart | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line with its newline) for each line of `path`, streamed; with a `part`
+    (of an uncompressed file), the lines that start in its byte range, numbered from its start."""
+    compression = _suffix_of(path)[1]
     try:
         fh = open(path, "rb")
     except OSError as e:
         raise LangadaptError(f"{path}: cannot open ({e.strerror})") from None
+    errors = _DECOMPRESS_ERRORS
+    if compression == "zstd":
+        errors = errors + (require("zstandard", path).ZstdError,)
     with fh:
-        stream = gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh
-        offset = 0
+        stream = _decompressed(fh, compression, path)
+        offset, stop = 0, None
+        if part is not None and part.count > 1:  # a byte range (of an uncompressed file: `file_parts`)
+            if part.start > 0:
+                fh.seek(part.start - 1)
+                offset = part.start - 1 + len(fh.readline())  # the first line that starts in the part
+            stop = part.stop
         lineno = 0
-        done = 0  # compressed bytes already reported to the progress bar
+        done = offset  # bytes already reported to the progress bar
         try:
             for raw in stream:
+                if stop is not None and offset >= stop:
+                    break
                 lineno += 1
                 text = _decode(raw, path, offset, lineno, on_bad_bytes, stats)
-                if lineno == 1 and text.startswith("\ufeff"):
+                if offset == 0 and text.startswith("\ufeff"):
                     text = text[1:]
                 offset += len(raw)
                 if progress is not None and lineno % 4096 == 0:
-                    pos = fh.tell()
+                    pos = fh.tell() if compression else offset
                     progress.update(pos - done)
                     done = pos
                 yield lineno, text
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise LangadaptError(f"{path}: not a valid gzip file ({e})") from None
+        except errors as e:
+            if compression is None:
+                raise LangadaptError(f"{path}: cannot read ({e})") from None
+            raise LangadaptError(f"{path}: not a valid {compression} file ({e}) after {offset:,} decompressed "
+                                 f"bytes (line {lineno + 1})") from None
         if progress is not None:
-            progress.update(fh.tell() - done)
+            progress.update((fh.tell() if compression else offset) - done)
+
+
+# ----------------------------------------------------------------------------- parts of big files
+
+SPLITTABLE_SUFFIXES = (".txt", ".text", ".jsonl", ".conllu")  # a record never spans lines
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A part of one corpus file that is read on its own (so that one big file is not one process's job):
+    the lines that start in bytes [start, stop) of an uncompressed line-based file (.txt, .jsonl, .conllu),
+    or row groups [first_group, end_group) of a Parquet file (which lie in bytes [start, stop))."""
+
+    path: Path
+    index: int
+    count: int
+    start: int
+    stop: int
+    first_group: int | None = None
+    end_group: int | None = None
+
+    def __str__(self) -> str:
+        if self.count == 1:
+            return str(self.path)
+        where = (f"row groups {self.first_group}-{self.end_group - 1}" if self.first_group is not None
+                 else f"bytes {self.start:,}-{self.stop:,}")
+        return f"{self.path} (part {self.index + 1} of {self.count}: {where})"
+
+
+def file_parts(path: Path, part_bytes: int) -> list[FilePart]:
+    """`path` cut into parts of about `part_bytes` bytes where its format allows (see `FilePart`), else one part."""
+    size = path.stat().st_size
+    suffix, compression = _suffix_of(path)
+    whole = [FilePart(path, 0, 1, 0, size)]
+    if size <= part_bytes or compression is not None:
+        return whole
+    if suffix in SPLITTABLE_SUFFIXES:
+        starts = list(range(0, size, part_bytes))
+        return [FilePart(path, i, len(starts), s, min(size, s + part_bytes)) for i, s in enumerate(starts)]
+    if suffix == ".parquet":
+        meta = require("pyarrow.parquet", path).ParquetFile(path).metadata
+        spans = []  # (first byte, end byte) of each row group
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            columns = [group.column(c) for c in range(group.num_columns)]
+            first = min(c.dictionary_page_offset or c.data_page_offset for c in columns)
+            spans.append((first, first + sum(c.total_compressed_size for c in columns)))
+        cuts, start = [], 0
+        for g in range(len(spans)):
+            if spans[g][1] - spans[start][0] >= part_bytes or g == len(spans) - 1:
+                cuts.append((start, g + 1))
+                start = g + 1
+        if len(cuts) <= 1:
+            return whole
+        return [FilePart(path, i, len(cuts), spans[a][0], spans[b - 1][1], a, b) for i, (a, b) in enumerate(cuts)]
+    return whole
+
+
+def part_digest(part: FilePart) -> str:
+    """A hash of a part's bytes (sha256, 20 hex digits): what seeds its BPE-dropout."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(part.path, "rb") as f:
+        f.seek(part.start)
+        left = part.stop - part.start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()[:20]
 
 
 # ----------------------------------------------------------------------------- formats
@@ -358,11 +532,91 @@ def _csv(path: Path, lines, column: str | int | None, delimiter: str, stats: Rea
         raise LangadaptError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
 
 
+def _table_column(path: Path, names: list[str], field: str, column: str | int | None) -> str:
+    """The column of a Parquet/Arrow table to read: `column` (a name or 0-based index), else `field`."""
+    wanted = column if column is not None else field
+    if isinstance(wanted, int) or (isinstance(wanted, str) and wanted.isdigit() and wanted not in names):
+        index = int(wanted)
+        if not 0 <= index < len(names):
+            raise LangadaptError(f"{path}: column index {index} is out of range (it has {len(names)} columns)")
+        return names[index]
+    if wanted not in names:
+        raise LangadaptError(f"{path}: no column {wanted!r} (its columns: {', '.join(map(repr, names[:20]))}); "
+                             f"choose one with --field or --column")
+    return wanted
+
+
+def _column_texts(path: Path, values, name: str, first_row: int) -> Iterator[tuple[int, str]]:
+    for row, value in enumerate(values.to_pylist(), first_row):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise LangadaptError(f"{path}: row {row}: column {name!r} holds {type(value).__name__}, expected text")
+        yield row, value
+
+
+def _parquet(path: Path, field: str, column, progress=None, part: FilePart | None = None) -> Iterator[tuple[int, str]]:
+    """(row, text) of one column of a Parquet file (of the part's row groups), one row group at a time (in
+    batches of rows)."""
+    pa = require("pyarrow", path)
+    pq = require("pyarrow.parquet", path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise LangadaptError(f"{path}: not a valid Parquet file ({e})") from None
+    name = _table_column(path, pf.schema_arrow.names, field, column)
+    groups = range(pf.num_row_groups)
+    if part is not None and part.first_group is not None:
+        groups = range(part.first_group, part.end_group)
+    size, rows = path.stat().st_size, max(1, pf.metadata.num_rows)
+    row = 1 + sum(pf.metadata.row_group(g).num_rows for g in range(groups.start))
+    for group in groups:
+        try:
+            for batch in pf.iter_batches(batch_size=_TABLE_BATCH_ROWS, row_groups=[group], columns=[name]):
+                yield from _column_texts(path, batch.column(0), name, row)
+                row += batch.num_rows
+                if progress is not None:
+                    progress.update(size * batch.num_rows // rows)
+        except (pa.ArrowException, OSError) as e:
+            raise LangadaptError(f"{path}: row group {group} (of {pf.num_row_groups}) cannot be read ({e})") from None
+
+
+def _arrow(path: Path, field: str, column, progress=None) -> Iterator[tuple[int, str]]:
+    """(row, text) of one column of an Arrow IPC file (stream or file format), one record batch at a time."""
+    pa = require("pyarrow", path)
+    source = pa.memory_map(str(path))
+    try:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            file_reader = pa.ipc.open_file(source)
+            reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+    except (pa.ArrowException, OSError) as e:
+        raise LangadaptError(f"{path}: not a valid Arrow file ({e})") from None
+    row, index, name, done = 1, 0, None, 0
+    try:
+        for index, batch in enumerate(reader):
+            name = name or _table_column(path, batch.schema.names, field, column)
+            yield from _column_texts(path, batch.column(name), name, row)
+            row += batch.num_rows
+            if progress is not None:
+                progress.update(source.tell() - done)
+                done = source.tell()
+    except (pa.ArrowException, OSError) as e:
+        raise LangadaptError(f"{path}: record batch {index} at byte offset {source.tell():,} cannot be read ({e})") \
+            from None
+
+
 def _file_records(path: Path, *, field: str, column, on_bad_bytes: str, stats: ReadStats,
-                  progress=None) -> Iterator[tuple[int, str]]:
-    """Raw (line, text) records of one file, in its format."""
-    lines = _lines(path, on_bad_bytes, stats, progress)
+                  progress=None, part: FilePart | None = None) -> Iterator[tuple[int, str]]:
+    """Raw (line or row, text) records of one file (or of one part of it), in its format."""
     suffix = _suffix_of(path)[0]
+    if suffix == ".parquet":
+        return _parquet(path, field, column, progress, part)
+    if suffix == ".arrow":
+        return _arrow(path, field, column, progress)
+    lines = _lines(path, on_bad_bytes, stats, progress, part)
     if suffix == ".jsonl":
         return _jsonl(path, lines, field)
     if suffix == ".json":
@@ -378,8 +632,10 @@ def _file_records(path: Path, *, field: str, column, on_bad_bytes: str, stats: R
 
 def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = "text",
                  column: str | int | None = None, clean: str | None = None, on_bad_bytes: str = "error",
-                 stats: ReadStats | None = None, progress: bool = False) -> Iterator[Record]:
-    """Like `iter_texts`, but each record comes with its file and line (`Record`)."""
+                 stats: ReadStats | None = None, progress: bool = False,
+                 part: FilePart | None = None) -> Iterator[Record]:
+    """Like `iter_texts`, but each record comes with its file and line (`Record`). With `part` (of the one
+    file `paths` names), only that part is read."""
     if on_bad_bytes not in ("error", "replace"):
         raise LangadaptError(f"on_bad_bytes must be 'error' or 'replace', not {on_bad_bytes!r}")
     profile = profile or get_profile("generic")
@@ -395,7 +651,7 @@ def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = 
         for path in files:
             stats.files += 1
             for line, text in _file_records(path, field=field, column=column, on_bad_bytes=on_bad_bytes,
-                                            stats=stats, progress=bar):
+                                            stats=stats, progress=bar, part=part):
                 if cleaner is not None:
                     text = cleaner(text)
                 text = profile.normalize(text).strip()
@@ -414,7 +670,8 @@ def iter_records(paths, profile: LanguageProfile | None = None, *, field: str = 
                              f"{'' if clean in (None, 'none') else ' after cleaning'})")
 
 
-CORPUS_HELP = "text files, directories (read recursively), globs, .jsonl, .conllu, .csv/.tsv, .gz"
+CORPUS_HELP = ("text files, directories (read recursively), globs, .jsonl, .json, .conllu, .csv/.tsv, .parquet, "
+               ".arrow and datasets save_to_disk folders; text files also .gz/.zst/.xz/.bz2")
 LANGS = "bo (Tibetan), zh (Chinese), ko (Korean), en (English) or any other code (generic profile)"
 
 
@@ -427,9 +684,10 @@ class ReadingOptions(Options):
 
     lang: str | None = option(None, help=f"language profile for normalising and counting: {LANGS} "
                                          "(default: the generic profile)")
-    field: str = option("text", help="JSON field to read from .jsonl/.json records")
-    column: str | None = option(None, help="column (header name or 0-based index) to read from .csv/.tsv; "
-                                           "default: the column with the longest text")
+    field: str = option("text", help="JSON field to read from .jsonl/.json records, and the column of "
+                                      ".parquet/.arrow files unless --column says otherwise")
+    column: str | None = option(None, help="column (header name or 0-based index) to read from .csv/.tsv "
+                                           "(default: the column with the longest text) and .parquet/.arrow")
     clean: str = option("none", choices=("none", "kangyur"),
                         help="strip known markup: 'kangyur' removes Derge Kangyur folio marks [1b], [1b.1], {D1} "
                              "and keeps the correction of (error,correction) pairs")
@@ -450,6 +708,11 @@ class ReadingOptions(Options):
         column = int(self.column) if self.column is not None and self.column.lstrip("-").isdigit() else self.column
         return {"profile": self.profile(), "field": self.field, "column": column,
                 "clean": None if self.clean == "none" else self.clean, "on_bad_bytes": self.on_bad_bytes}
+
+    def iter_part_texts(self, part: FilePart) -> Iterator[str]:
+        """The records of one part of a file (`file_parts`)."""
+        for record in iter_records([part.path], part=part, **self.keywords()):
+            yield record.text
 
     def iter_texts(self, paths, stats: ReadStats | None = None, progress: bool = False) -> Iterator[str]:
         """The text records of `paths` read this way."""

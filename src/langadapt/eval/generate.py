@@ -3,7 +3,7 @@
 Each conversation of the instruction file (any format `sft` reads) is cut before its first
 assistant turn; the model answers that prompt, rendered with its chat template (the one `sft`
 trained with travels in the tokenizer), greedily, until an end-of-turn token or
-`--max-new-tokens`, in batches of prompts of similar length (left-padded).
+`--max-new-tokens`, decoded together with continuous batching (`--batch-size` at a time).
 
 Tasks come from each record's `task` field (Firefly's `kind`); records without one belong to
 `--task`. Each task is scored by ROUGE-L F1 x 100 in the language's units (`eval.rouge`), or by
@@ -24,7 +24,8 @@ from langadapt.corpus import ReadingOptions
 from langadapt.errors import LangadaptError
 from langadapt.eval import set_offline
 from langadapt.eval.rouge import UNITS, exact_match, rouge_l, units
-from langadapt.model.generate import Sampling, Utf8Mask, Utf8Table, decode_complete
+from langadapt.model.batch import BatchDecoder, Sequence, generate_all
+from langadapt.model.generate import Sampling, Utf8Table
 from langadapt.model.load import MODEL_HELP, load_model
 from langadapt.options import Options, OptionError, embed, option
 from langadapt.outputs import write_json_atomic, write_jsonl_atomic
@@ -55,7 +56,7 @@ class EvalGenerateOptions(Options):
     limit: int = option(0, metavar="N", help="answer at most N conversations of each task (0: all)")
     max_new_tokens: int = option(128, help="tokens to generate per answer at most")
     repetition_penalty: float = option(1.0, help="penalty for repeated tokens (1: none)")
-    batch_size: int = option(8, help="prompts generated together (sorted by length, left-padded)")
+    batch_size: int = option(8, help="prompts decoded together (continuous batching: one joins as another ends)")
     json: str | None = option(None, metavar="FILE", help="write the scores, figures and answers to this JSON file")
     predictions: str | None = option(None, metavar="FILE", help="write every prediction to this JSONL file")
 
@@ -82,42 +83,27 @@ def generate_answers(model, tokenizer, template: str, prompts: list[list[dict]],
                      repetition_penalty: float = 1.0, batch_size: int = 8, progress: bool = False) -> list[dict]:
     """Greedy answers to `prompts` (in their order), each with its token count and its share of the seconds.
 
-    Prompts are generated `batch_size` at a time, sorted by length and left-padded; each answer ends
-    at its first stop token (EOS or the template's end of turn), which counts as a generated token, and
-    is decoded up to its last complete character (never a U+FFFD for bytes cut by the token limit)."""
+    Prompts are decoded `batch_size` at a time with continuous batching (`model.batch`: a prompt joins
+    as soon as another's answer ends), shortest first; each answer ends at its first stop token (EOS
+    or the template's end of turn), which counts as a generated token, and is decoded up to its last
+    complete character (never a U+FFFD for bytes cut by the token limit)."""
     from tqdm import tqdm
 
     stops = stop_token_ids(tokenizer, template)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     utf8 = Utf8Table(tokenizer, width=model.get_output_embeddings().weight.shape[0])
     encoded = [tokenizer(render(tokenizer, template, messages, add_generation_prompt=True),
                          add_special_tokens=False)["input_ids"] for messages in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    answers: list[dict] = [{} for _ in encoded]
     bar = tqdm(total=len(encoded), unit="answer", desc="generating", file=sys.stderr, disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
-        begin = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                 eos_token_id=stops, pad_token_id=pad, logits_processor=[Utf8Mask(utf8)],
-                                 **Sampling(max_new_tokens=max_new_tokens,
-                                            repetition_penalty=repetition_penalty).generate_kwargs())
-        seconds = time.perf_counter() - begin
-        for row, i in enumerate(batch):
-            new = out[row, width:].tolist()
-            end = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
-            answers[i] = {"answer": decode_complete(tokenizer, utf8, new[:end]).strip(),
-                          "tokens": end, "seconds": seconds / len(batch)}
-        bar.update(len(batch))
+    sampling = Sampling(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    sequences = [Sequence(ids, sampling, stops) for ids in encoded]
+    decoder = BatchDecoder(model, tokenizer, utf8)
+    begin = time.perf_counter()
+    generate_all(decoder, sorted(sequences, key=lambda s: len(s.prompt_ids)), max_batch=batch_size,
+                 on_end=lambda _: bar.update(1))
+    seconds = time.perf_counter() - begin
     bar.close()
-    return answers
+    return [{"answer": s.result.text.strip(), "tokens": s.result.completion_tokens, "seconds": seconds / len(encoded)}
+            for s in sequences]
 
 
 def is_classification(task: str, exact: list[str]) -> bool:

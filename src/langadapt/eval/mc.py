@@ -30,7 +30,9 @@ prompt + answer (the whole prompt, unless the letter merges with the text before
 colon; then the merged token is part of every answer) and the answer is the rest. The prediction is
 the answer with the highest log-likelihood. One forward pass per question when every answer is one
 token (the logits of the last position only); otherwise one row per answer. Rows are batched by
-length, left-padded, and only the logits of the answer positions are computed.
+length, left-padded, and only the logits of the answer positions are computed. The tokens that all
+questions of a subject (with the same number of shots) start with, the header and the shots, are run
+once and their KV cache is reused for every question, so k shots cost little more than zero.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import torch
 
 from langadapt.errors import LangadaptError
 from langadapt.eval import set_offline
+from langadapt.model.batch import repeated
 from langadapt.model.load import MODEL_HELP, load_model, model_context
 from langadapt.options import Options, OptionError, option
 from langadapt.outputs import write_json_atomic, write_jsonl_atomic
@@ -316,56 +319,92 @@ def answer_tokens(tokenizer, preset: Preset, prompt: str, answers: list[str]) ->
 
 # ----------------------------------------------------------------------------- scoring
 
+MIN_SHARED_PREFIX = 16  # tokens: a shorter shared prefix is not worth a pass of its own
+
+
 @dataclass
 class _Row:
     ids: list[int]
+    group: object = None
     targets: list[tuple[int, int, list[int]]] = field(default_factory=list)  # (request, choice, answer ids)
 
 
+def shared_prefix(rows: list[_Row]) -> int:
+    """The tokens every row starts with, short of the positions whose logits score each row's answers."""
+    common = len(os.path.commonprefix([row.ids for row in rows]))
+    return min([common] + [len(row.ids) - max(len(a) for _, _, a in row.targets) for row in rows])
+
+
+def _prefix_cache(model, ids: list[int], device):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()  # filled in place by the forward pass
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def score_answers(model, requests: list[tuple[list[int], list[list[int]]]], pad_id: int = 0,
-                  batch_tokens: int = 4096, progress: bool = True) -> list[list[float]]:
+                  batch_tokens: int = 4096, progress: bool = True, groups: list | None = None) -> list[list[float]]:
     """The summed log-likelihood (nats) of each answer after its context, for each (context, answers).
 
     Each answer needs the row context + answer[:-1]; equal rows (every single-token answer of a
     question) are computed once. Rows are sorted by length, batched up to `batch_tokens` tokens,
-    left-padded, and only the last (longest answer) logits of each batch are computed."""
+    left-padded, and only the last (longest answer) logits of each batch are computed.
+
+    With `groups` (a key per request, such as its subject and number of shots), the tokens that every
+    row of a group starts with (the header and the shots) are run once and their KV cache is reused
+    for each row of the group, which then runs only its own tokens (the question and answer)."""
     from tqdm import tqdm
 
     rows: dict[tuple[int, tuple[int, ...]], _Row] = {}
     for r, (context, answers) in enumerate(requests):
         for c, answer in enumerate(answers):
             ids = context + answer[:-1]
-            rows.setdefault((r, tuple(ids)), _Row(ids)).targets.append((r, c, answer))
-    ordered = sorted(rows.values(), key=lambda row: len(row.ids))
+            rows.setdefault((r, tuple(ids)), _Row(ids, groups[r] if groups else None)).targets.append((r, c, answer))
+    grouped: dict[object, list[_Row]] = {}
+    for row in rows.values():
+        grouped.setdefault(row.group, []).append(row)
     scores = [[0.0] * len(answers) for _, answers in requests]
     device = next(model.parameters()).device
     bar = tqdm(total=len(requests), unit="q", desc="scoring", file=sys.stderr, disable=not progress)
     done_requests: set[int] = set()
-    start = 0
-    while start < len(ordered):
-        end = start + 1
-        while end < len(ordered) and len(ordered[end].ids) * (end + 1 - start) <= batch_tokens:
-            end += 1
-        batch = ordered[start:end]
-        width = len(batch[-1].ids)
-        keep = max(len(a) for row in batch for _, _, a in row.targets)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            ids[i, width - len(row.ids):] = torch.tensor(row.ids)
-            mask[i, width - len(row.ids):] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                           logits_to_keep=keep).logits[:, -keep:]
-        for i, row in enumerate(batch):
-            for r, c, answer in row.targets:
-                logprobs = torch.log_softmax(logits[i, keep - len(answer):].float(), dim=-1)
-                scores[r][c] = logprobs[torch.arange(len(answer)), torch.tensor(answer, device=logprobs.device)].sum().item()
-                if r not in done_requests:
-                    done_requests.add(r)
-                    bar.update(1)
-        start = end
+    for group_rows in grouped.values():
+        shared = shared_prefix(group_rows) if groups and len(group_rows) > 1 else 0
+        prefix = _prefix_cache(model, group_rows[0].ids[:shared], device) if shared >= MIN_SHARED_PREFIX else None
+        shared = shared if prefix is not None else 0
+        ordered = sorted(group_rows, key=lambda row: len(row.ids))
+        start = 0
+        while start < len(ordered):
+            end = start + 1
+            while end < len(ordered) and len(ordered[end].ids) * (end + 1 - start) <= batch_tokens:
+                end += 1
+            batch = ordered[start:end]
+            width = len(batch[-1].ids) - shared
+            keep = max(len(a) for row in batch for _, _, a in row.targets)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, row in enumerate(batch):
+                ids[i, width - len(row.ids) + shared:] = torch.tensor(row.ids[shared:])
+                mask[i, width - len(row.ids) + shared:] = 1
+            positions = shared + (mask.cumsum(1) - 1).clamp(min=0)
+            cache = None
+            if prefix is not None:  # the padding sits between the shared prefix and each row's own tokens
+                mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
+                cache = repeated(prefix, len(batch))
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device), cache=cache, use_cache=cache is not None,
+                               logits_to_keep=keep).logits[:, -keep:]
+            for i, row in enumerate(batch):
+                for r, c, answer in row.targets:
+                    logprobs = torch.log_softmax(logits[i, keep - len(answer):].float(), dim=-1)
+                    scores[r][c] = logprobs[torch.arange(len(answer)),
+                                            torch.tensor(answer, device=logprobs.device)].sum().item()
+                    if r not in done_requests:
+                        done_requests.add(r)
+                        bar.update(1)
+            start = end
     bar.close()
     return scores
 
@@ -436,8 +475,9 @@ def load_subjects(paths: list[str], shots: int, limit: int) -> list[tuple[str, l
 
 
 def evaluate_mc(model, tokenizer, subjects, preset: Preset, max_length: int, batch_tokens: int = 4096,
-                progress: bool = True) -> tuple[dict, list[dict]]:
-    """Score every question of `subjects` (from `load_subjects`); return (summary, per-question records)."""
+                progress: bool = True, reuse_prefix: bool = True) -> tuple[dict, list[dict]]:
+    """Score every question of `subjects` (from `load_subjects`); return (summary, per-question records).
+    `reuse_prefix=False` runs every prompt whole (benchmarks/bench_eval_mc.py compares the two)."""
     requests, kept, records = [], [], []
     skipped, shots_dropped, merged = 0, 0, 0
     for subject, questions, examples in subjects:
@@ -454,7 +494,8 @@ def evaluate_mc(model, tokenizer, subjects, preset: Preset, max_length: int, bat
             kept.append((subject, q, len(examples) - dropped))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = time.perf_counter()
-    scores = score_answers(model, requests, pad_id=pad, batch_tokens=batch_tokens, progress=progress)
+    scores = score_answers(model, requests, pad_id=pad, batch_tokens=batch_tokens, progress=progress,
+                           groups=[(subject, n_shots) for subject, _, n_shots in kept] if reuse_prefix else None)
     seconds = time.perf_counter() - start
     per_subject: dict[str, tuple[list[bool], list[float]]] = {}
     for (subject, q, n_shots), (context, answers), lls in zip(kept, requests, scores):

@@ -13,21 +13,20 @@
   text equals the decoded text exactly.
 - **Stop strings** (`StopStrings`) are matched on text, holding back any tail that could be the
   start of a stop string.
-- **`generate_text`** runs `model.generate` with all of the above, a callback per piece of text,
-  cancellation checked at every step (`CallbackCriteria`) and a per-call seed.
+- `Sampling` (how to pick tokens) and `Generation` (what came out). The decoding itself is
+  `model.batch` (one sequence or many together).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from tokenizers.decoders import DecodeStream
-from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor
 from transformers.convert_slow_tokenizer import bytes_to_unicode
-from transformers.generation.streamers import BaseStreamer
 
 from langadapt.tokenizer.load import tokenizer_kind
 
@@ -133,6 +132,15 @@ class Utf8Table:
         self.next_state = torch.tensor(next_state, dtype=torch.long)
         self.width = width
 
+    def allowed_after(self, states: torch.Tensor, width: int, device=None) -> torch.Tensor:
+        """The tokens allowed in each row (bool, [rows, width]) given each row's state index; a row with
+        nothing allowed (it cannot happen with a real vocabulary) allows everything."""
+        allowed = self.allowed[states]
+        if allowed.shape[1] < width:
+            allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
+        allowed = allowed[:, :width].to(device)
+        return allowed | ~allowed.any(dim=1, keepdim=True)
+
     def state_after(self, state: int, token_id: int) -> int:
         """The state index after `token_id` from state index `state` (0 when it was not allowed)."""
         return int(self.next_state[state, token_id]) if token_id < self.width else 0
@@ -156,27 +164,10 @@ class Utf8Mask(LogitsProcessor):
                 column = column.clamp(max=self.table.width - 1)
                 self.states = self.table.next_state[self.states, column]
         self.seen = input_ids.shape[1]
-        allowed = self.table.allowed[self.states]
-        width = scores.shape[-1]
-        if allowed.shape[1] < width:
-            allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
-        allowed = allowed[:, :width].to(scores.device)
-        allowed |= ~allowed.any(dim=1, keepdim=True)  # never leave a row with nothing to choose
-        return scores.masked_fill(~allowed, float("-inf"))
+        return scores.masked_fill(~self.table.allowed_after(self.states, scores.shape[-1], scores.device), float("-inf"))
 
 
 # ----------------------------------------------------------------------------- text out
-
-def decode_complete(tokenizer, table: Utf8Table, ids: list[int]) -> str:
-    """`tokenizer.decode(ids, skip_special_tokens=True)` up to the last complete character: a
-    generation cut by the token limit inside a character drops that character's bytes (no U+FFFD)."""
-    state, complete = 0, 0
-    for i, token_id in enumerate(ids):
-        state = table.state_after(state, token_id)
-        if state == 0:
-            complete = i + 1
-    return tokenizer.decode(ids[:complete], skip_special_tokens=True)
-
 
 class TextStream:
     """Token ids in, text out, a character at a time (`tokenizers.decoders.DecodeStream`).
@@ -242,34 +233,7 @@ class StopStrings:
         return held
 
 
-class CallbackCriteria(StoppingCriteria):
-    """Stops every row of a generation as soon as `should_stop()` is true (checked at every step)."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenCallback(BaseStreamer):
-    """A `generate` streamer that calls `on_token(id)` for each generated token (the prompt is skipped)."""
-
-    def __init__(self, on_token: Callable[[int], None]):
-        self.on_token, self.prompt_seen = on_token, False
-
-    def put(self, value):
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for token_id in value.reshape(-1).tolist():
-            self.on_token(token_id)
-
-    def end(self):
-        pass
-
-
-# ----------------------------------------------------------------------------- one generation
+# ----------------------------------------------------------------------------- settings and results
 
 @dataclass
 class Sampling:
@@ -301,51 +265,3 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-
-
-def generate_text(model, tokenizer, table: Utf8Table, prompt_ids: list[int], sampling: Sampling,
-                  stop_ids: list[int], on_text: Callable[[str], None] | None = None,
-                  cancelled: Callable[[], bool] = lambda: False) -> Generation:
-    """Generate after `prompt_ids` under the UTF-8 mask, calling `on_text(piece)` as text becomes final.
-
-    Ends at a token of `stop_ids`, at a stop string of `sampling.stop` (cut before it), after
-    `sampling.max_new_tokens` tokens, or when `cancelled()` turns true (checked at every step)."""
-    stream, stops = TextStream(tokenizer, table), StopStrings(sampling.stop)
-    pieces: list[str] = []
-    tokens: list[int] = []
-
-    def emit(text: str) -> None:
-        shown, _ = stops.feed(text)
-        if shown:
-            pieces.append(shown)
-            if on_text:
-                on_text(shown)
-
-    def on_token(token_id: int) -> None:
-        tokens.append(token_id)
-        if not stops.stopped:
-            emit(stream.push(token_id))
-
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
-    ids = torch.tensor([prompt_ids], device=model.device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    with torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=pad, eos_token_id=stop_ids,
-                       logits_processor=[Utf8Mask(table)], streamer=_TokenCallback(on_token),
-                       stopping_criteria=StoppingCriteriaList([CallbackCriteria(lambda: stops.stopped or cancelled())]),
-                       **sampling.generate_kwargs())
-    if not stops.stopped:
-        emit(stream.finish())
-        tail = stops.flush()
-        if tail:
-            pieces.append(tail)
-            if on_text:
-                on_text(tail)
-    if stops.stopped or (tokens and tokens[-1] in stop_ids):
-        reason = "stop"
-    elif cancelled():
-        reason = "cancelled"
-    else:
-        reason = "length"
-    return Generation("".join(pieces), len(prompt_ids), len(tokens), reason)

@@ -1,15 +1,18 @@
-"""The generation engine behind `chat`, `serve` and the web UI: one inference thread fed by a bounded queue.
+"""The generation engine behind `chat`, `serve` and the web UI: one inference thread that decodes every
+running request together (continuous batching), fed by a bounded queue.
 
 - `load_served_model(model, ModelSourceOptions(adapter, template, rope_scaling))` loads what `chat`
   and `serve` serve: the model (alias, HF dir, `.gguf`, hub id; RoPE scaling through the transformers
   config), an adapter merged in memory (`train.adapter.merge_adapter`), its tokenizer (the adapter's
   own when it has one) and the chat template `sft` trained with.
 - `Engine.submit(prompt_ids, sampling, stop_ids, sink)` queues a generation and returns its `Job`;
-  a full queue raises `EngineBusy` (with a retry-after estimate). The inference thread runs one
-  job at a time with `langadapt.model.generate.generate_text` (UTF-8 mask, per-character text,
-  stop strings, per-request seed) and hands the job's `sink` each piece of text (str), then the
-  `Generation`, or the exception that ended it. `Job.cancel()` stops the job at the next step,
-  or before it starts if it is still queued.
+  a full queue raises `EngineBusy` (with a retry-after estimate). Before every step the inference
+  thread moves queued jobs into the batch (up to `max_batch`), then runs one step of
+  `langadapt.model.batch.BatchDecoder` (UTF-8 mask, per-character text, stop strings and its own
+  sampling settings and seed per request): a prefill of the jobs that joined, or one token for
+  every job. It hands each job's `sink` each piece of text (str), then the `Generation`, or the
+  exception that ended it. `Job.cancel()` takes the job out of the batch at the next step (the
+  others go on), or drops it before it starts if it is still queued.
 - `Engine.run(...)` is the blocking form for terminal use: it returns the `Generation` and cancels
   the job if Ctrl-C interrupts the wait.
 """
@@ -27,10 +30,11 @@ from pathlib import Path
 import torch
 
 from langadapt.errors import LangadaptError
-from langadapt.model.generate import Generation, Sampling, Utf8Table, generate_text
+from langadapt.model.batch import BatchDecoder, Sequence
+from langadapt.model.generate import Generation, Sampling, Utf8Table
 from langadapt.model.load import ROPE_SCALING_HELP, check_rope_scaling, load_model, model_context
 from langadapt.options import Options, option
-from langadapt.sources import resolve_model_source
+from langadapt.sources import hub_error, resolve_model_source
 from langadapt.tokenizer.load import load_tokenizer
 from langadapt.tokenizer.templates import render, resolve_template, stop_token_ids
 from langadapt.train.adapter import merge_adapter, read_adapter
@@ -47,10 +51,31 @@ class ModelSourceOptions(Options):
     template: str = option("auto", help="chat template: auto (the model's own, which `sft` sets to the one it "
                                         "trained with), alpaca, llama2-chat, firefly, chatml or a .jinja file")
     rope_scaling: str | None = option(None, metavar="linear:F|dynamic:F|yarn:F|auto", help=ROPE_SCALING_HELP)
+    dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights' dtype: auto keeps the checkpoint's (float32 with an adapter). bfloat16 halves "
+                             "the memory each decoding step reads; it is faster only on CPUs with bf16 arithmetic "
+                             "(AVX-512 BF16, AMX) and on GPUs (docs/benchmarks.md)")
 
     def __post_init__(self):
         super().__post_init__()
         check_rope_scaling(self.rope_scaling)
+
+
+def check_served_model(model: str | None, source: ModelSourceOptions) -> None:
+    """Fail before a server starts, with a one-line LangadaptError, when the model (or its adapter) is not
+    there: a path that does not exist, a directory without config.json, a hub id whose config cannot be read."""
+    if source.adapter:
+        model = model or read_adapter(source.adapter).get("base_source")
+    if not model:
+        raise LangadaptError(f"{source.adapter}: its adaptation.json names no base model; give the model")
+    resolved = resolve_model_source(model)
+    if isinstance(resolved, str):  # a hub id: read its config (a small file) now
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(resolved)
+        except Exception as e:  # noqa: BLE001 - offline, unknown, gated: one line
+            raise hub_error(resolved, e) from e
 
 
 def load_served_model(model: str | None, source: ModelSourceOptions) -> tuple:
@@ -65,9 +90,12 @@ def load_served_model(model: str | None, source: ModelSourceOptions) -> tuple:
         (Path(source.adapter) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
     tokenizer = load_tokenizer(source.adapter if adapter_has_tokenizer else resolve_model_source(model))
     template = resolve_template(tokenizer, source.template)
-    loaded = load_model(model, dtype="float32" if source.adapter else None, rope_scaling=source.rope_scaling)
+    dtype = None if source.dtype == "auto" else source.dtype
+    loaded = load_model(model, dtype="float32" if source.adapter else dtype, rope_scaling=source.rope_scaling)
     if source.adapter:
         loaded = merge_adapter(loaded, source.adapter)
+        if dtype:
+            loaded = loaded.to(getattr(torch, dtype))
     if torch.cuda.is_available():
         loaded = loaded.to("cuda")
     return loaded.eval(), tokenizer, template
@@ -101,14 +129,15 @@ class Job:
 class Engine:
     """A loaded model behind one inference thread. See the module docstring."""
 
-    def __init__(self, model, tokenizer, template: str, max_queue: int = 32, name: str = "model"):
+    def __init__(self, model, tokenizer, template: str, max_queue: int = 32, max_batch: int = 32, name: str = "model"):
         self.model, self.tokenizer, self.template, self.name = model, tokenizer, template, name
         self.table = Utf8Table(tokenizer, width=model.get_output_embeddings().weight.shape[0])
         self.context = model_context(model) or 2048
         self.chat_stop_ids = stop_token_ids(tokenizer, template)
         self.text_stop_ids = stop_token_ids(tokenizer, "")
+        self.max_batch = max_batch
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self.running: Job | None = None
+        self.running: list[Job] = []  # in the batch (the inference thread's; read-only elsewhere)
         self.seconds_per_job = 5.0  # a running mean, for Retry-After
         self.thread = threading.Thread(target=self._work, name="langadapt-inference", daemon=True)
         self.thread.start()
@@ -168,12 +197,12 @@ class Engine:
 
     def busy(self) -> bool:
         """Whether a job is running or waiting."""
-        return self.running is not None or not self.queue.empty()
+        return bool(self.running) or not self.queue.empty()
 
     def close(self) -> None:
         """Cancel what is running, drop what waits and stop the inference thread."""
-        if self.running:
-            self.running.cancel()
+        for job in list(self.running):
+            job.cancel()
         while True:
             try:
                 job = self.queue.get_nowait()
@@ -185,20 +214,58 @@ class Engine:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
-    def _work(self) -> None:
-        while (job := self.queue.get()) is not None:
+    def _admit(self, decoder: BatchDecoder, started: dict) -> bool:
+        """Move queued jobs into the batch (waiting for one when nothing runs); False once `close` was called."""
+        block = not self.running
+        while len(self.running) < self.max_batch:
+            try:
+                job = self.queue.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if job is None:
+                for running in self.running:
+                    running.cancel()
+                return False
             if job.cancelled.is_set():
                 job.done.set()
                 continue
-            self.running = job
-            start = time.perf_counter()
+            seq = Sequence(job.prompt_ids, job.sampling, job.stop_ids, self._handed_to(job), job.cancelled.is_set)
+            decoder.add(seq)
+            started[seq] = (job, time.perf_counter())
+            self.running.append(job)
+        return True
+
+    @staticmethod
+    def _handed_to(job: Job) -> Sink:
+        """`job.sink`, cancelling the job when it fails (its client has gone) instead of failing the batch."""
+        def sink(event) -> None:
             try:
-                job.result = generate_text(self.model, self.tokenizer, self.table, job.prompt_ids, job.sampling,
-                                           job.stop_ids, on_text=job.sink, cancelled=job.cancelled.is_set)
-                job.sink(job.result)
-            except Exception as e:  # noqa: BLE001 - handed to whoever waits for the job
-                job.sink(e)
-            finally:
-                self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - start)
-                self.running = None
-                job.done.set()
+                job.sink(event)
+            except Exception:  # noqa: BLE001
+                job.cancel()
+        return sink
+
+    def _end(self, job: Job, started_at: float, event) -> None:
+        if isinstance(event, Generation):
+            job.result = event
+        try:
+            self._handed_to(job)(event)
+        finally:
+            self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - started_at)
+            self.running.remove(job)
+            job.done.set()
+
+    def _work(self) -> None:
+        decoder = BatchDecoder(self.model, self.tokenizer, self.table)
+        started: dict[Sequence, tuple[Job, float]] = {}
+        while True:
+            open_ = self._admit(decoder, started)
+            try:
+                ended = [(seq, seq.result) for seq in decoder.step()]
+            except Exception as e:  # noqa: BLE001 - handed to every job of the batch
+                ended = [(seq, e) for seq in decoder.fail_all()]
+            for seq, event in ended:
+                self._end(*started.pop(seq), event)
+            if not open_ and not len(decoder):
+                return

@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -174,9 +175,12 @@ def _validation_param(errors: list[dict]) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- the app
 
 def build_app(load_engine: Callable[[], Any], api_key: str | None = None, ui: bool = False,
-              host: str = "127.0.0.1", default_max_tokens: int = 512):
+              host: str = "127.0.0.1", default_max_tokens: int = 512,
+              on_load_error: Callable[[str], None] | None = None):
     """The FastAPI app: the OpenAI endpoints over the engine `load_engine()` returns (called in a
-    background thread at start-up, so /health answers 503 until it is ready), plus gradio at /ui."""
+    background thread at start-up, so /health answers 503 until it is ready), plus gradio at /ui.
+    A load that fails is reported by /health and every request, and handed to `on_load_error(message)`
+    (`serve` stops the server with it)."""
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -189,7 +193,9 @@ def build_app(load_engine: Callable[[], Any], api_key: str | None = None, ui: bo
         try:
             state["engine"] = load_engine()
         except Exception as e:  # noqa: BLE001 - reported by /health and every request
-            state["error"] = f"{type(e).__name__}: {e}"
+            state["error"] = str(e) if isinstance(e, LangadaptError) else f"{type(e).__name__}: {e}"
+            if on_load_error:
+                on_load_error(state["error"])
 
     async def lifespan(app):
         loader = threading.Thread(target=load, name="langadapt-load", daemon=True)
@@ -424,7 +430,8 @@ class BackgroundServer:
 class ServeOptions(Options):
     """Serve a model over an OpenAI-compatible HTTP API (FastAPI + uvicorn): GET /health, GET /v1/models,
     POST /v1/chat/completions and /v1/completions, streamed as server-sent events when asked. One inference
-    thread answers one request at a time from a bounded queue (503 + Retry-After when it is full); a client that
+    thread decodes up to --max-batch requests together (continuous batching: a request joins and leaves the
+    batch at any step); more wait in a bounded queue (503 + Retry-After when it is full); a client that
     disconnects cancels its generation. --ui adds a gradio chat at /ui on the same server."""
 
     model: str = option(None, metavar="MODEL", positional=True, required=True, help=MODEL_HELP)
@@ -433,7 +440,8 @@ class ServeOptions(Options):
     port: int = option(8000, help="TCP port")
     api_key: str | None = option(None, metavar="KEY", help=f"require 'Authorization: Bearer KEY' (default: "
                                                           f"${API_KEY_ENV} when set)")
-    max_queue: int = option(32, help="requests that may wait for the inference thread; more get 503")
+    max_batch: int = option(32, help="requests decoded together (one forward pass per token for all of them)")
+    max_queue: int = option(32, help="requests that may wait for a place in the batch; more get 503")
     max_tokens: int = option(512, help="tokens per chat answer when a request does not say (max_tokens)")
     served_model_name: str | None = option(None, metavar="NAME", help="the model id clients send (default: MODEL "
                                                                       "as given)")
@@ -443,8 +451,9 @@ class ServeOptions(Options):
         super().__post_init__()
         if not 0 <= self.port <= 65535:
             raise OptionError("port", f"must be 0-65535, got {self.port}")
-        if self.max_queue < 1:
-            raise OptionError("max_queue", f"must be positive, got {self.max_queue}")
+        for name in ("max_queue", "max_batch"):
+            if getattr(self, name) < 1:
+                raise OptionError(name, f"must be positive, got {getattr(self, name)}")
         if self.max_tokens < 1:
             raise OptionError("max_tokens", f"must be positive, got {self.max_tokens}")
 
@@ -457,23 +466,37 @@ def _require(module: str) -> None:
 
 
 def serve_command(opts: ServeOptions) -> int:
-    """Load the model (in the background) and serve it until Ctrl-C."""
+    """Check the model is there, load it (in the background: /health answers at once) and serve it until
+    Ctrl-C. A model that is not there fails before the server starts; one that fails to load stops it."""
     for module in ("fastapi", "uvicorn") + (("gradio",) if opts.ui else ()):
         _require(module)
     import uvicorn
 
-    from langadapt.serve.engine import Engine, load_served_model
+    from langadapt.serve.engine import Engine, check_served_model, load_served_model
+
+    check_served_model(opts.model, opts.source)
 
     name = opts.served_model_name or opts.model
 
     def load_engine():
         model, tokenizer, template = load_served_model(opts.model, opts.source)
-        engine = Engine(model, tokenizer, template, max_queue=opts.max_queue, name=name)
+        engine = Engine(model, tokenizer, template, max_queue=opts.max_queue, max_batch=opts.max_batch, name=name)
         print(f"langadapt serve: {name} ready at http://{opts.host}:{opts.port}/v1"
               + (f" and http://{opts.host}:{opts.port}/ui" if opts.ui else ""), flush=True)
         return engine
 
+    failure: list[str] = []
+
+    def stop(error: str) -> None:
+        print(f"langadapt serve: the model failed to load: {error}", file=sys.stderr, flush=True)
+        failure.append(error)
+        server.should_exit = True
+
     api_key = opts.api_key or os.environ.get(API_KEY_ENV) or None
-    app = build_app(load_engine, api_key=api_key, ui=opts.ui, host=opts.host, default_max_tokens=opts.max_tokens)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level="info")
+    app = build_app(load_engine, api_key=api_key, ui=opts.ui, host=opts.host, default_max_tokens=opts.max_tokens,
+                    on_load_error=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info"))
+    server.run()
+    if failure:
+        raise LangadaptError(f"the model failed to load: {failure[0]}")
     return 0

@@ -4,16 +4,18 @@ Layout under the cache root (default `$LANGADAPT_HOME/blocks`):
 
     <tokenizer key>/<file key>.bin       uint32 token ids of one corpus file: every record's
                                          tokens followed by EOS (documents joined with EOS)
+    <tokenizer key>/<file key>-NNNNNofMMMMM.bin  (.hashes, .json)  the same for each part of a file
+                                         bigger than PART_BYTES (byte ranges or Parquet row groups)
     <tokenizer key>/<file key>.hashes    uint64 hashes of the file's records (held-out checks)
     <tokenizer key>/<file key>.json      facts about the file (records, tokens, characters)
 
 The tokenizer key is a hash of the tokenizer's full definition (vocabulary, merges, normaliser)
 and its EOS id; the file key a hash of the file's resolved path, size, mtime and the read
 options (language profile, field, column, cleaning; with BPE-dropout, its rate and seed). A
-file is written to a temporary name and renamed when complete, so an interrupted build leaves
-only whole files and the next run goes on with the files still missing (resumable); a second
+file (or part) is written to a temporary name and renamed when complete, so an interrupted build
+leaves only whole files and the next run goes on with the ones still missing (resumable); a second
 run with the same inputs reads no text.
-Memory stays flat: records are tokenised in batches and appended to the file as they come.
+Memory stays flat: records are streamed, tokenised in batches and appended to the file as they come.
 
 Blocks are a view over the concatenation of the files in corpus order: block `i` is tokens
 `[i * block_size, (i + 1) * block_size)`, so a document's remainder carries into the next
@@ -24,10 +26,12 @@ very end of the corpus) is left out; `BlockDataset.tail_tokens` says how many.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
+import itertools
 import json
+import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from langadapt.corpus import ReadingOptions, expand_paths
+from langadapt.corpus.read import FilePart, file_parts, part_digest
 from langadapt.errors import LangadaptError
 from langadapt.options import to_mapping
 from langadapt.sources import langadapt_home
@@ -46,6 +51,7 @@ from langadapt.tokenizer.dropout import DropoutSegmenter
 # appended to disk; bounding it by characters too keeps memory flat whatever the record length.
 BATCH_RECORDS = 512
 BATCH_CHARS = 200_000
+PART_BYTES = 64 << 20  # a bigger file is cut into parts of about this size (see build_token_cache)
 
 
 def tokenizer_key(tokenizer) -> str:
@@ -65,15 +71,6 @@ def file_key(path: Path, read_options: dict) -> str:
     st = path.stat()
     ident = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **read_options}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def content_digest(path: Path) -> str:
-    """A hash of a file's bytes (sha256, 20 hex digits): what seeds its BPE-dropout."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:20]
 
 
 def record_hash(text: str) -> int:
@@ -114,55 +111,72 @@ class CorpusSpec:
             raise LangadaptError(f"no readable files in {', '.join(map(str, self.paths))}")
         return files
 
-    def records(self, path: Path):
-        return self.reading.iter_texts([path])
+    def records(self, part: FilePart):
+        return self.reading.iter_part_texts(part)
 
 
-def _tokenize_file(tokenizer, corpus: CorpusSpec, path: Path, dest: Path, bar, segmenter=None) -> dict:
-    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file, each through a rename. With a
-    `segmenter`, the file is cut with BPE-dropout seeded by the corpus seed and a hash of the file's
+def batch_encoder(tokenizer):
+    """`encode(texts) -> list of id lists` without special tokens: the fast tokenizer's own
+    `encode_batch_fast` (ids only, no offsets; the same ids as `tokenizer(texts)`), else the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def packed_ids(ids: list[list[int]], eos: int) -> np.ndarray:
+    """The sequences of `ids`, each followed by `eos`, as one uint32 array."""
+    lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
+    out = np.empty(int(lengths.sum()) + len(ids), dtype=np.uint32)
+    ends = np.cumsum(lengths + 1) - 1
+    keep = np.ones(len(out), dtype=bool)
+    keep[ends] = False
+    out[ends] = eos
+    out[keep] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum()))
+    return out
+
+
+def record_batches(texts) -> Iterator[list[str]]:
+    """`texts` in batches of BATCH_RECORDS records or BATCH_CHARS characters, whichever comes first."""
+    batch, chars = [], 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) == BATCH_RECORDS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, bar, segmenter=None) -> dict:
+    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file part, each through a rename. With a
+    `segmenter`, the text is cut with BPE-dropout seeded by the corpus seed and a hash of the part's
     bytes: not by its cache key, which holds the path and mtime, so the same text gives the same
     blocks wherever it lies (the embedded corpus lies inside the virtualenv of each clone)."""
     eos = tokenizer.eos_token_id
-    if segmenter:
-        encode = segmenter.seeded(f"{corpus.seed}/{content_digest(path)}")
-    else:
-        def encode(texts):
-            return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encode = segmenter.seeded(f"{corpus.seed}/{part_digest(part)}") if segmenter else batch_encoder(tokenizer)
     tmp_bin = dest.with_name(f".{dest.name}.bin.tmp-{os.getpid()}")
     tmp_hash = dest.with_name(f".{dest.name}.hashes.tmp-{os.getpid()}")
     records = tokens = chars = 0
     try:
         with open(tmp_bin, "wb") as out, open(tmp_hash, "wb") as hashes:
-            batch: list[str] = []
-
-            def flush():
-                nonlocal tokens
-                ids = encode(batch)
-                flat = np.fromiter((t for seq in ids for t in (*seq, eos)), dtype=np.uint32)
-                out.write(flat.tobytes())
-                hashes.write(np.array([record_hash(t) for t in batch], dtype=np.uint64).tobytes())
-                tokens += len(flat)
-                bar.update(sum(len(t.encode("utf-8")) + 1 for t in batch))
-                batch.clear()
-
             try:
-                batch_chars = 0
-                for text in corpus.records(path):
-                    batch.append(text)
-                    records += 1
-                    chars += len(text)
-                    batch_chars += len(text)
-                    if len(batch) == BATCH_RECORDS or batch_chars >= BATCH_CHARS:
-                        flush()
-                        batch_chars = 0
+                for batch in record_batches(corpus.records(part)):
+                    flat = packed_ids(encode(batch), eos)
+                    out.write(flat.tobytes())
+                    hashes.write(np.fromiter(map(record_hash, batch), dtype=np.uint64, count=len(batch)).tobytes())
+                    records, tokens, chars = records + len(batch), tokens + len(flat), chars + sum(map(len, batch))
+                    bar.update(sum(len(t.encode("utf-8")) + 1 for t in batch))
             except LangadaptError as e:
                 if "no text records" not in str(e):  # an empty file is fine: it adds no tokens
-                    raise
-            if batch:
-                flush()
-        meta = {"file": str(path), "records": records, "tokens": tokens, "characters": chars}
-        # The .bin is renamed last: its presence means the file is complete.
+                    raise LangadaptError(f"{e}" if part.count == 1 else
+                                         f"{e} [in {part}; line numbers count from its start]") from None
+        meta = {"file": str(part.path), "records": records, "tokens": tokens, "characters": chars}
+        if part.count > 1:
+            meta["part"] = {"index": part.index, "count": part.count, "start": part.start, "stop": part.stop}
+        # The .bin is renamed last: its presence means the part is complete.
         tmp_hash.replace(dest.with_suffix(".hashes"))
         dest.with_suffix(".json").write_text(json.dumps(meta) + "\n")
         tmp_bin.replace(dest.with_suffix(".bin"))
@@ -177,50 +191,72 @@ class _NoBar:
         pass
 
 
-def _tokenize_files(tokenizer, corpus: CorpusSpec, jobs: list[tuple[Path, Path]]) -> int:
-    """Worker: tokenise a group of files; return their total size in bytes (for the progress bar)."""
-    segmenter = corpus.segmenter(tokenizer)
-    for path, dest in jobs:
-        _tokenize_file(tokenizer, corpus, path, dest, _NoBar(), segmenter)
-    return sum(p.stat().st_size for p, _ in jobs)
+_WORKER: dict = {}  # a cache worker process's tokenizer, corpus and segmenter (set once by _start_worker)
+
+
+def _start_worker(tokenizer, corpus: CorpusSpec) -> None:
+    _WORKER.update(tokenizer=tokenizer, corpus=corpus, segmenter=corpus.segmenter(tokenizer))
+
+
+def _tokenize_parts(jobs: list[tuple[FilePart, Path]]) -> int:
+    """Worker: tokenise a group of parts; return their size in bytes (for the progress bar)."""
+    for part, dest in jobs:
+        _tokenize_part(_WORKER["tokenizer"], _WORKER["corpus"], part, dest, _NoBar(), _WORKER["segmenter"])
+    return sum(part.stop - part.start for part, _ in jobs)
 
 
 def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLike | None = None,
                       progress: bool = True, workers: int = 1) -> list[Path]:
-    """Tokenise every corpus file not yet in the cache; return the `.bin` files in corpus order.
+    """Tokenise every corpus file (or file part) not yet in the cache; return the `.bin` files in corpus order.
 
-    With `workers` > 1 and several files to do, groups of files are tokenised in parallel
-    processes (each file still written whole or not at all). The default, 1, relies on the fast
-    tokenizer's own threads over each batch: on 2 cores that was 3.5x faster than 2 processes
-    (7.6 MB of Tibetan news in 695 files: 3.6 s vs 12.6 s, the processes' start-up dominating).
+    A file bigger than `PART_BYTES` is cut into parts where its format allows (line-based text by byte
+    ranges, Parquet by row groups: `corpus.read.file_parts`), each written whole or not at all, so an
+    interrupted build resumes from the parts already written. With `workers` > 1, parts (small files in
+    groups) are tokenised by that many processes (at most one per PART_BYTES of text to do), each given
+    the tokenizer once; with 1, in this process, where the fast tokenizer spreads each batch over its
+    own threads (on 2 cores that is as fast as 2 processes: docs/benchmarks.md).
     """
     if tokenizer.eos_token_id is None:
         raise LangadaptError("the tokenizer has no EOS token; packing needs one to separate documents")
     root = Path(cache_root) if cache_root else default_cache_root()
     folder = root / tokenizer_key(tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    files = corpus.files()
-    dests = [folder / file_key(p, corpus.read_options()) for p in files]
-    todo = [(p, d) for p, d in zip(files, dests) if not d.with_suffix(".bin").is_file()]
-    workers = max(1, min(workers, len(todo)))
+    jobs = []
+    for path in corpus.files():
+        key = file_key(path, corpus.read_options())
+        whole = folder / key
+        if whole.with_suffix(".bin").is_file():  # read whole (before parts, or small)
+            jobs.append((FilePart(path, 0, 1, 0, path.stat().st_size), whole))
+            continue
+        for part in file_parts(path, PART_BYTES):
+            jobs.append((part, whole if part.count == 1 else folder / f"{key}-{part.index:05d}of{part.count:05d}"))
+    todo = [(part, dest) for part, dest in jobs if not dest.with_suffix(".bin").is_file()]
     if todo:
-        total = sum(p.stat().st_size for p, _ in todo)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {len(todo)} file(s)",
+        total = sum(part.stop - part.start for part, _ in todo)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {len(todo)} file(s) or parts",
                   file=sys.stderr, disable=not progress) as bar:
-            if workers <= 1:
+            # A process costs seconds to start (torch, transformers, the tokenizer): below PART_BYTES of text
+            # per process it is not worth it (7.6 MB in 695 files took 3.5x longer on 2 processes than on 1).
+            workers = min(workers, -(-total // PART_BYTES))
+            if workers <= 1 or len(todo) == 1:
                 segmenter = corpus.segmenter(tokenizer)
-                for path, dest in todo:
-                    _tokenize_file(tokenizer, corpus, path, dest, bar, segmenter)
+                for part, dest in todo:
+                    _tokenize_part(tokenizer, corpus, part, dest, bar, segmenter)
             else:
-                # Small groups keep the bar moving and the work balanced; each group pickles
-                # the tokenizer once. Workers do not use the tokenizer's own threads.
-                size = max(1, min(16, len(todo) // (workers * 4)))
-                groups = [todo[i:i + size] for i in range(0, len(todo), size)]
-                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    for done in as_completed([pool.submit(_tokenize_files, tokenizer, corpus, g) for g in groups]):
+                groups, group, size = [], [], 0  # small files together, so each task is worth a process's time
+                for job in todo:
+                    group.append(job)
+                    size += job[0].stop - job[0].start
+                    if size >= PART_BYTES // 8:
+                        groups.append(group)
+                        group, size = [], 0
+                groups += [group] if group else []
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # processes, not threads, share the cores
+                with ProcessPoolExecutor(min(workers, len(groups)), mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(tokenizer, corpus)) as pool:
+                    for done in as_completed([pool.submit(_tokenize_parts, g) for g in groups]):
                         bar.update(done.result())
-    return [d.with_suffix(".bin") for d in dests]
+    return [dest.with_suffix(".bin") for _, dest in jobs]
 
 
 class BlockDataset:

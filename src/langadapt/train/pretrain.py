@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate import PartialState
 from torch.utils.data import SequentialSampler, Subset
 from transformers import Trainer
@@ -130,9 +129,12 @@ class PretrainTask:
     def load_data(self, tokenizer, state) -> TrainingData:
         o = self.options
         corpus = CorpusSpec(o.corpus, o.reading, bpe_dropout=o.bpe_dropout, seed=o.seed)
-        with state.main_process_first():  # one process tokenises; the others then read the cache
+        # The cache is built once: by the main process first; then by each node's first process (which finds
+        # it built on a shared filesystem, or builds the same bytes on its own disk); then every other rank
+        # memory-maps it, and the sampler gives each rank its own blocks.
+        with state.main_process_first(), state.local_main_process_first():
             blocks = load_blocks(tokenizer, corpus, o.block_size, o.cache_dir,
-                                 progress=o.progress and state.is_main_process, workers=o.cache_workers)
+                                 progress=o.progress and state.is_local_main_process, workers=o.cache_workers)
         if o.heldout:
             self.heldout_text = self._heldout_text(blocks, state)
         self.blocks, self.eos_id = blocks, tokenizer.eos_token_id
@@ -255,7 +257,7 @@ def pretrain(options: PretrainOptions) -> tuple[dict, object]:
 
 def _records_or_empty(corpus, path):
     try:
-        return list(corpus.records(path))
+        return list(corpus.reading.iter_texts([path]))
     except LangadaptError as e:
         if "no text records" in str(e):
             return []

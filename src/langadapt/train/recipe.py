@@ -124,8 +124,9 @@ class PretrainOptions(TrainOptions):
                                                          "not overlap the corpus)")
     reading: ReadingOptions = embed(ReadingOptions)
     cache_dir: str | None = option(None, metavar="DIR", help="packed-block cache (default $LANGADAPT_HOME/blocks)")
-    cache_workers: int = option(1, help="processes tokenising corpus files in parallel (1: the tokenizer's own "
-                                        "threads only)")
+    cache_workers: int = option(1, help="processes tokenising corpus files, and parts of big files (64 MB byte "
+                                        "ranges, Parquet row groups), in parallel (1: this process, with the "
+                                        "tokenizer's own threads)")
     block_size: int = option(1024, help="tokens per training block (at most the model's context)")
     bpe_dropout: float = option(0.0, help="cut the training text with BPE-dropout (Provilkov et al. 2020): each merge "
                                           "skipped with this probability, seeded by `seed`, once when the block cache "
