@@ -124,7 +124,8 @@ def test_bad_files_get_one_line_naming_the_file_and_where(formats, tmp_path):
     for name, data, message in [
             ("cut.jsonl.zst", zst[:len(zst) // 2], r"not a valid zstd file .* after [\d,]+ decompressed bytes"),
             ("g.jsonl.xz", b"not xz at all", "not a valid xz file"),
-            ("b.parquet", b"PAR1 this is not parquet", "not a valid Parquet file")]:
+            ("b.parquet", b"PAR1 this is not parquet", "not a valid Parquet file"),
+            ("a.arrow", b"ARROW1 but not really", "not a valid Arrow file")]:
         (tmp_path / name).write_bytes(data)
         with pytest.raises(LangadaptError, match=re.escape(name) + ": " + message):
             _texts(tmp_path / name)

@@ -593,6 +593,7 @@ def _arrow(path: Path, field: str, column, progress=None) -> Iterator[tuple[int,
             file_reader = pa.ipc.open_file(source)
             reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
     except (pa.ArrowException, OSError) as e:
+        source.close()
         raise LangadaptError(f"{path}: not a valid Arrow file ({e})") from None
     row, index, name, done = 1, 0, None, 0
     try:
@@ -606,6 +607,8 @@ def _arrow(path: Path, field: str, column, progress=None) -> Iterator[tuple[int,
     except (pa.ArrowException, OSError) as e:
         raise LangadaptError(f"{path}: record batch {index} at byte offset {source.tell():,} cannot be read ({e})") \
             from None
+    finally:
+        source.close()
 
 
 def _file_records(path: Path, *, field: str, column, on_bad_bytes: str, stats: ReadStats,
