@@ -40,6 +40,7 @@ import bz2
 import csv
 import glob
 import gzip
+import hashlib
 import importlib
 import io
 import itertools
@@ -365,8 +366,6 @@ def file_parts(path: Path, part_bytes: int) -> list[FilePart]:
 
 def part_digest(part: FilePart) -> str:
     """A hash of a part's bytes (sha256, 20 hex digits): what seeds its BPE-dropout."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(part.path, "rb") as f:
         f.seek(part.start)

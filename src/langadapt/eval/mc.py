@@ -50,7 +50,7 @@ import torch
 
 from langadapt.errors import LangadaptError
 from langadapt.eval import set_offline
-from langadapt.model.batch import repeated
+from langadapt.model.batch import prefix_cache, repeated
 from langadapt.model.load import MODEL_HELP, load_model, model_context
 from langadapt.options import Options, OptionError, option
 from langadapt.outputs import write_json_atomic, write_jsonl_atomic
@@ -335,15 +335,6 @@ def shared_prefix(rows: list[_Row]) -> int:
     return min([common] + [len(row.ids) - max(len(a) for _, _, a in row.targets) for row in rows])
 
 
-def _prefix_cache(model, ids: list[int], device):
-    from transformers import DynamicCache
-
-    cache = DynamicCache()  # filled in place by the forward pass
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
-    return cache
-
-
 def score_answers(model, requests: list[tuple[list[int], list[list[int]]]], pad_id: int = 0,
                   batch_tokens: int = 4096, progress: bool = True, groups: list | None = None) -> list[list[float]]:
     """The summed log-likelihood (nats) of each answer after its context, for each (context, answers).
@@ -371,7 +362,7 @@ def score_answers(model, requests: list[tuple[list[int], list[list[int]]]], pad_
     done_requests: set[int] = set()
     for group_rows in grouped.values():
         shared = shared_prefix(group_rows) if groups and len(group_rows) > 1 else 0
-        prefix = _prefix_cache(model, group_rows[0].ids[:shared], device) if shared >= MIN_SHARED_PREFIX else None
+        prefix = prefix_cache(model, group_rows[0].ids[:shared]) if shared >= MIN_SHARED_PREFIX else None
         shared = shared if prefix is not None else 0
         ordered = sorted(group_rows, key=lambda row: len(row.ids))
         start = 0

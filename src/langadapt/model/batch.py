@@ -131,10 +131,7 @@ class BatchDecoder:
         shared = min(room, len(os.path.commonprefix(prompts)))
         if shared < MIN_SHARED_PREFIX:
             return 0, None
-        cache = DynamicCache()  # filled in place by the forward pass
-        with torch.inference_mode():
-            self.model(input_ids=torch.tensor([prompts[0][:shared]], device=self.device), cache=cache, use_cache=True,
-                       logits_to_keep=1)
+        cache = prefix_cache(self.model, prompts[0][:shared])
         self.prefix = (prompts[0][:shared], cache)
         return shared, cache
 
@@ -254,21 +251,22 @@ class BatchDecoder:
 
     @staticmethod
     def _emit(seq: Sequence, text: str) -> None:
-        shown, _ = seq.stops.feed(text)
-        if shown:
-            seq.pieces.append(shown)
-            if seq.on_text:
-                seq.on_text(shown)
+        """Hand on the part of `text` that no stop string can still claim."""
+        _show(seq, seq.stops.feed(text)[0])
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         if not seq.stops.stopped:
             self._emit(seq, seq.stream.finish())
-            tail = seq.stops.flush()
-            if tail:
-                seq.pieces.append(tail)
-                if seq.on_text:
-                    seq.on_text(tail)
+            _show(seq, seq.stops.flush())
         seq.result = Generation("".join(seq.pieces), len(seq.prompt_ids), len(seq.tokens), reason)
+
+
+def _show(seq: Sequence, text: str) -> None:
+    """Text that is final: into the sequence's answer and to its `on_text`."""
+    if text:
+        seq.pieces.append(text)
+        if seq.on_text:
+            seq.on_text(text)
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -281,6 +279,15 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = n
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def prefix_cache(model, ids: list[int]) -> DynamicCache:
+    """The KV cache of `ids` (one row): a shared prefix, run once, to be `repeated` for every row that starts with it."""
+    cache = DynamicCache()  # filled in place by the forward pass
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids], device=next(model.parameters()).device), cache=cache, use_cache=True,
+              logits_to_keep=1)
+    return cache
 
 
 def repeated(cache: DynamicCache, n: int) -> DynamicCache:

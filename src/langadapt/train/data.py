@@ -4,10 +4,10 @@ Layout under the cache root (default `$LANGADAPT_HOME/blocks`):
 
     <tokenizer key>/<file key>.bin       uint32 token ids of one corpus file: every record's
                                          tokens followed by EOS (documents joined with EOS)
-    <tokenizer key>/<file key>-NNNNNofMMMMM.bin  (.hashes, .json)  the same for each part of a file
-                                         bigger than PART_BYTES (byte ranges or Parquet row groups)
     <tokenizer key>/<file key>.hashes    uint64 hashes of the file's records (held-out checks)
     <tokenizer key>/<file key>.json      facts about the file (records, tokens, characters)
+    <tokenizer key>/<file key>-NNNNNofMMMMM.bin  (.hashes, .json)  the same for each part of a file
+                                         bigger than PART_BYTES (byte ranges or Parquet row groups)
 
 The tokenizer key is a hash of the tokenizer's full definition (vocabulary, merges, normaliser)
 and its EOS id; the file key a hash of the file's resolved path, size, mtime and the read
@@ -221,9 +221,9 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
     root = Path(cache_root) if cache_root else default_cache_root()
     folder = root / tokenizer_key(tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = []
+    jobs, read_options = [], corpus.read_options()
     for path in corpus.files():
-        key = file_key(path, corpus.read_options())
+        key = file_key(path, read_options)
         whole = folder / key
         if whole.with_suffix(".bin").is_file():  # read whole (before parts, or small)
             jobs.append((FilePart(path, 0, 1, 0, path.stat().st_size), whole))
