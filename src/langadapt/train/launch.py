@@ -106,7 +106,7 @@ def accelerate_config(dist: DistributedOptions, gpus: int, mixed_precision: str 
               # MULTI_GPU on a CPU too: torch.distributed then uses gloo (accelerate's MULTI_CPU wants MPI)
               "mixed_precision": mixed_precision, "use_cpu": False}
     if dist.strategy in ("zero2", "zero3"):
-        stage = int(dist.strategy[-1])
+        stage = ZERO_STAGES[dist.strategy]
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = {"zero_stage": stage, "offload_optimizer_device": "none",
                                       "offload_param_device": "none", "gradient_accumulation_steps": "auto",
