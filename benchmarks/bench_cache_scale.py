@@ -15,7 +15,10 @@ SmolLM2's (byte-level BPE, 49,152 tokens).
   batches of 512, timed around the calls only (reading excluded); with --baselines all, also with the ids
   read out into Python lists, and `encode_batch` (with offsets);
 - cache build: `build_token_cache` (read, normalise, hash, tokenise, write) in a fresh child process per
-  worker count, timed whole; peak RSS is the largest of the process and its workers (ru_maxrss);
+  worker count, timed whole; peak RSS is the largest of the process and its workers (ru_maxrss). MB/s
+  count the records' text (UTF-8, one newline each), as the tokenizer's do;
+- the tokenizer alone again after each build: a build's cost is over the mean of the tokenizer's runs just
+  before and just after it (the with-ids and `encode_batch` baselines run before the first build only);
 - reading: `iter_texts` characters/s over the same first --read-mb megabytes as .jsonl, .parquet and .jsonl.zst;
 - first step: `langadapt pretrain --max-steps 1` on the corpus whose cache is built, wall time to the end,
   and the seconds its `load_blocks` took.
@@ -151,7 +154,7 @@ def first_step(corpus: Path, cache: Path, work: Path) -> dict:
                            str(corpus), "--cache-dir", str(cache), "--out", str(work / "first-step"), "--overwrite",
                            "--max-steps", "1", "--block-size", "256", "--batch-size", "1", "--eval-steps", "0",
                            "--save-steps", "100", "--progress", "false", "--stage", "lora"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         return {"error": done.stderr[-2000:]}
@@ -177,20 +180,30 @@ def main() -> None:
     result = {"gb": args.gb, "corpus_bytes": sum(p.stat().st_size for p in paths), "files": len(paths),
               "cpu_cores": os.cpu_count(), "load_average_before": os.getloadavg()}
     result["reading"] = reading(paths, work, args.read_mb)
-    result["bare_tokenizer"] = bare_tokenizer(paths, args.baselines == "all")
-    print("bare", result["bare_tokenizer"], flush=True)
+    # The tokenizer alone before, between and after the two builds: the machine's speed drifts by up to 20%
+    # over half an hour, so each build's cost is taken against the mean of the runs on either side of it.
+    result["bare_tokenizer"] = [bare_tokenizer(paths, args.baselines == "all")]
+    print("bare", result["bare_tokenizer"][-1], flush=True)
+    builds = {}
     for workers in (1, 2):
         cache = work / f"cache-{workers}"
         shutil.rmtree(cache, ignore_errors=True)
         done = subprocess.run([sys.executable, __file__, "--build-once", json.dumps([str(p) for p in paths]),
                                str(cache), str(workers)], capture_output=True, text=True, check=True)
-        figures = json.loads(done.stdout.strip().splitlines()[-1])
-        mb = result["corpus_bytes"] / 1e6
+        builds[workers] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"workers {workers}", builds[workers], flush=True)
+        result["bare_tokenizer"].append(bare_tokenizer(paths, False))
+        print("bare", result["bare_tokenizer"][-1], flush=True)
+    text_mb = result["bare_tokenizer"][0]["mb"]
+    for workers, figures in builds.items():
+        around = result["bare_tokenizer"][workers - 1:workers + 1]
+        bare = {name: sum(run[name]["seconds"] for run in around if name in run)
+                / sum(name in run for run in around) for name in around[0] if name != "mb"}
         result[f"cache_workers_{workers}"] = {
-            "seconds": round(figures["seconds"], 1), "mb_per_second": round(mb / figures["seconds"], 2),
-            "mb_per_second_per_worker": round(mb / figures["seconds"] / workers, 2),
-            "cost_over_bare_tokenizer": {name: round(bare["mb_per_second"] * figures["seconds"] / mb - 1, 3)
-                                         for name, bare in result["bare_tokenizer"].items() if name != "mb"},
+            "seconds": round(figures["seconds"], 1), "mb_per_second": round(text_mb / figures["seconds"], 2),
+            "mb_per_second_per_worker": round(text_mb / figures["seconds"] / workers, 2),
+            "cost_over_bare_tokenizer": {name: round(figures["seconds"] / seconds - 1, 3)
+                                         for name, seconds in bare.items()},
             "cache_files": figures["files"], "peak_rss_gb": round(figures["peak_rss_gb"], 2),
             "disk_gb": round(figures["disk_gb"], 2)}
         print(f"workers {workers}", result[f"cache_workers_{workers}"], flush=True)

@@ -132,6 +132,29 @@ def test_parallel_workers_write_the_same_cache(tok, tmp_path, monkeypatch):
     assert joined(one, ".bin") == joined(two, ".bin") and joined(one, ".hashes") == joined(two, ".hashes")
 
 
+@pytest.mark.parametrize("parallelism", [None, "true"])
+def test_encoder_threads_write_the_same_cache_and_leave_the_tokenizer_as_it_was(tok, tmp_path, monkeypatch,
+                                                                                parallelism):
+    from langadapt.train import data
+
+    if parallelism is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", parallelism)
+    monkeypatch.setattr(data, "BATCH_RECORDS", 7)  # many batches in flight at once
+    files = [make_corpus(tmp_path / f"{i}.txt", 60, seed=i) for i in range(2)]
+    built = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(data, "encoder_threads", lambda threads=threads: threads)
+        bins = build_token_cache(tok, CorpusSpec(files), tmp_path / f"t{threads}", progress=False)
+        built[threads] = [(b.read_bytes(), b.with_suffix(".hashes").read_bytes()) for b in bins]
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism  # its own pool is back as it was
+    assert built[1] == built[3]
+    stream = np.frombuffer(built[3][0][0], dtype=np.uint32).tolist()
+    assert stream == _expected_stream(tok, [line for line in files[0].read_text(encoding="utf-8").splitlines()
+                                            if line.strip()])
+
+
 def test_bpe_dropout_blocks_are_seeded_longer_cuts_of_the_same_text(tok, tmp_path):
     corpus = make_corpus(tmp_path / "c.txt", 40)
     plain = BlockDataset(build_token_cache(tok, CorpusSpec([corpus]), tmp_path / "cache", progress=False), 16)

@@ -106,12 +106,13 @@ def model_context(model_or_config) -> int | None:
 
 
 def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | None = None,
-               quantization_config: Any = None):
+               quantization_config: Any = None, attn_implementation: str | None = None):
     """Load a causal LM (`AutoModelForCausalLM`) from an alias, `.gguf`, local dir or hub id.
 
     `dtype`: None keeps the dtype the checkpoint was saved in; else a torch dtype or its name
     ("float32", "bfloat16", ...). `rope_scaling`: "linear:F", "dynamic:F", "yarn:F", "auto" or
     None (see `apply_rope_scaling`). `quantization_config`: transformers' (e.g. bitsandbytes', for QLoRA).
+    `attn_implementation`: transformers' attention kernel (None: its default, sdpa).
     """
     source = resolve_model_source(spec)
     if isinstance(dtype, str):
@@ -120,6 +121,8 @@ def load_model(spec: str | os.PathLike, dtype: Any = None, rope_scaling: str | N
         dtype = getattr(torch, dtype)
     try:
         kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
         if parse_rope_scaling(rope_scaling):
             kwargs["config"] = AutoConfig.from_pretrained(str(source))
             apply_rope_scaling(kwargs["config"], rope_scaling)

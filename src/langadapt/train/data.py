@@ -25,14 +25,16 @@ very end of the corpus) is left out; `BlockDataset.tail_tokens` says how many.
 
 from __future__ import annotations
 
+import array
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,7 @@ from langadapt.tokenizer.dropout import DropoutSegmenter
 BATCH_RECORDS = 512
 BATCH_CHARS = 200_000
 PART_BYTES = 64 << 20  # a bigger file is cut into parts of about this size (see build_token_cache)
+ENCODER_THREADS = 8
 
 
 def tokenizer_key(tokenizer) -> str:
@@ -127,14 +130,11 @@ def batch_encoder(tokenizer):
 
 def packed_ids(ids: list[list[int]], eos: int) -> np.ndarray:
     """The sequences of `ids`, each followed by `eos`, as one uint32 array."""
-    lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
-    out = np.empty(int(lengths.sum()) + len(ids), dtype=np.uint32)
-    ends = np.cumsum(lengths + 1) - 1
-    keep = np.ones(len(out), dtype=bool)
-    keep[ends] = False
-    out[ends] = eos
-    out[keep] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum()))
-    return out
+    out = array.array("I")  # C's unsigned int: 4 bytes where numpy and torch run
+    for seq in ids:
+        out.extend(seq)
+        out.append(eos)
+    return np.frombuffer(out, dtype=np.uint32)
 
 
 def record_batches(texts) -> Iterator[list[str]]:
@@ -150,8 +150,10 @@ def record_batches(texts) -> Iterator[list[str]]:
         yield batch
 
 
-def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, bar, segmenter=None) -> dict:
-    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file part, each through a rename. With a
+def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, bar, segmenter=None,
+                   threads: int = 1) -> dict:
+    """Write `dest.bin`, `dest.hashes` and `dest.json` for one file part, each through a rename, tokenising
+    on `threads` threads. With a
     `segmenter`, the text is cut with BPE-dropout seeded by the corpus seed and a hash of the part's
     bytes: not by its cache key, which holds the path and mtime, so the same text gives the same
     blocks wherever it lies (the embedded corpus lies inside the virtualenv of each clone)."""
@@ -159,16 +161,29 @@ def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, ba
     encode = segmenter.seeded(f"{corpus.seed}/{part_digest(part)}") if segmenter else batch_encoder(tokenizer)
     tmp_bin = dest.with_name(f".{dest.name}.bin.tmp-{os.getpid()}")
     tmp_hash = dest.with_name(f".{dest.name}.hashes.tmp-{os.getpid()}")
+    threads = 1 if segmenter else threads  # BPE-dropout draws from one generator, in record order
     records = tokens = chars = 0
+
+    def write(batch: list[str], encoded) -> None:
+        nonlocal records, tokens, chars
+        flat = packed_ids(encoded.result(), eos)
+        out.write(flat.tobytes())
+        hashes.write(np.fromiter(map(record_hash, batch), dtype=np.uint64, count=len(batch)).tobytes())
+        records, tokens, chars = records + len(batch), tokens + len(flat), chars + sum(map(len, batch))
+        bar.update(sum(len(t.encode("utf-8")) + 1 for t in batch))
+
     try:
-        with open(tmp_bin, "wb") as out, open(tmp_hash, "wb") as hashes:
+        # `threads` threads encode whole batches (the tokenizer releases the GIL) while this one reads the
+        # next and packs, hashes and writes the oldest, in order.
+        with open(tmp_bin, "wb") as out, open(tmp_hash, "wb") as hashes, ThreadPoolExecutor(threads) as encoder:
             try:
+                pending: deque = deque()
                 for batch in record_batches(corpus.records(part)):
-                    flat = packed_ids(encode(batch), eos)
-                    out.write(flat.tobytes())
-                    hashes.write(np.fromiter(map(record_hash, batch), dtype=np.uint64, count=len(batch)).tobytes())
-                    records, tokens, chars = records + len(batch), tokens + len(flat), chars + sum(map(len, batch))
-                    bar.update(sum(len(t.encode("utf-8")) + 1 for t in batch))
+                    pending.append((batch, encoder.submit(encode, batch)))
+                    if len(pending) > threads:
+                        write(*pending.popleft())
+                while pending:
+                    write(*pending.popleft())
             except LangadaptError as e:
                 if "no text records" not in str(e):  # an empty file is fine: it adds no tokens
                     raise LangadaptError(f"{e}" if part.count == 1 else
@@ -186,6 +201,29 @@ def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, ba
         tmp_hash.unlink(missing_ok=True)
 
 
+@contextmanager
+def _tokenizer_pool_off():
+    """The fast tokenizer's own thread pool off while the cache is built (it reads TOKENIZERS_PARALLELISM at
+    every call): whole batches on threads or processes of ours use the cores better, since its pool waits
+    for a batch's last record and leaves the packing to one core (docs/benchmarks.md)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def encoder_threads() -> int:
+    """Threads that tokenise in one process: one per usable core, at most ENCODER_THREADS (the thread that
+    packs and writes their output keeps up with about that many; beyond, `cache_workers` processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, ENCODER_THREADS))
+
+
 class _NoBar:
     def update(self, n):
         pass
@@ -194,14 +232,15 @@ class _NoBar:
 _WORKER: dict = {}  # a cache worker process's tokenizer, corpus and segmenter (set once by _start_worker)
 
 
-def _start_worker(tokenizer, corpus: CorpusSpec) -> None:
-    _WORKER.update(tokenizer=tokenizer, corpus=corpus, segmenter=corpus.segmenter(tokenizer))
+def _start_worker(tokenizer, corpus: CorpusSpec, threads: int) -> None:
+    _WORKER.update(tokenizer=tokenizer, corpus=corpus, segmenter=corpus.segmenter(tokenizer), threads=threads)
 
 
 def _tokenize_parts(jobs: list[tuple[FilePart, Path]]) -> int:
     """Worker: tokenise a group of parts; return their size in bytes (for the progress bar)."""
     for part, dest in jobs:
-        _tokenize_part(_WORKER["tokenizer"], _WORKER["corpus"], part, dest, _NoBar(), _WORKER["segmenter"])
+        _tokenize_part(_WORKER["tokenizer"], _WORKER["corpus"], part, dest, _NoBar(), _WORKER["segmenter"],
+                       _WORKER["threads"])
     return sum(part.stop - part.start for part, _ in jobs)
 
 
@@ -213,8 +252,8 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
     ranges, Parquet by row groups: `corpus.read.file_parts`), each written whole or not at all, so an
     interrupted build resumes from the parts already written. With `workers` > 1, parts (small files in
     groups) are tokenised by that many processes (at most one per PART_BYTES of text to do), each given
-    the tokenizer once; with 1, in this process, where the fast tokenizer spreads each batch over its
-    own threads (on 2 cores that is as fast as 2 processes: docs/benchmarks.md).
+    the tokenizer once; with 1, in this process. Either way the cores are shared out as threads that
+    each tokenise whole batches (`encoder_threads`), with the tokenizer's own pool off.
     """
     if tokenizer.eos_token_id is None:
         raise LangadaptError("the tokenizer has no EOS token; packing needs one to separate documents")
@@ -234,14 +273,14 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
     if todo:
         total = sum(part.stop - part.start for part, _ in todo)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {len(todo)} file(s) or parts",
-                  file=sys.stderr, disable=not progress) as bar:
+                  file=sys.stderr, disable=not progress) as bar, _tokenizer_pool_off():
             # A process costs seconds to start (torch, transformers, the tokenizer): below PART_BYTES of text
             # per process it is not worth it (7.6 MB in 695 files took 3.5x longer on 2 processes than on 1).
             workers = min(workers, -(-total // PART_BYTES))
             if workers <= 1 or len(todo) == 1:
-                segmenter = corpus.segmenter(tokenizer)
+                segmenter, threads = corpus.segmenter(tokenizer), encoder_threads()
                 for part, dest in todo:
-                    _tokenize_part(tokenizer, corpus, part, dest, bar, segmenter)
+                    _tokenize_part(tokenizer, corpus, part, dest, bar, segmenter, threads)
             else:
                 groups, group, size = [], [], 0  # small files together, so each task is worth a process's time
                 for job in todo:
@@ -251,9 +290,10 @@ def build_token_cache(tokenizer, corpus: CorpusSpec, cache_root: str | os.PathLi
                         groups.append(group)
                         group, size = [], 0
                 groups += [group] if group else []
-                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # processes, not threads, share the cores
-                with ProcessPoolExecutor(min(workers, len(groups)), mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_worker, initargs=(tokenizer, corpus)) as pool:
+                processes = min(workers, len(groups))
+                with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker,
+                                         initargs=(tokenizer, corpus, max(1, encoder_threads() // processes))) as pool:
                     for done in as_completed([pool.submit(_tokenize_parts, g) for g in groups]):
                         bar.update(done.result())
     return [dest.with_suffix(".bin") for _, dest in jobs]

@@ -27,6 +27,7 @@ dir).
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -351,12 +352,22 @@ def quantization_config(kind: str, model_source):
                               llm_int8_skip_modules=keep)
 
 
-def load_model_for_training(source, tokenizer, quantization: str | None = None):
+def attention_implementation(requested: str, cuda: bool, flash_installed: bool) -> str:
+    """transformers' `attn_implementation` for the option `attention`: auto is flash_attention_2 on a GPU
+    where flash-attn is installed, else sdpa."""
+    if requested != "auto":
+        return requested
+    return "flash_attention_2" if cuda and flash_installed else "sdpa"
+
+
+def load_model_for_training(source, tokenizer, quantization: str | None = None, attention: str = "auto"):
     """The model at `source` in fp32 (master weights; bf16 comes through autocast), its decoder's
-    linear layers quantised with `quantization` (QLoRA), checked to have an embedding row for every
-    token of `tokenizer`."""
+    linear layers quantised with `quantization` (QLoRA), with the attention kernel `attention`,
+    checked to have an embedding row for every token of `tokenizer`."""
     quantized = quantization_config(quantization, source) if quantization else None
-    model = load_model(str(source), dtype="float32", quantization_config=quantized)
+    kernel = attention_implementation(attention, torch.cuda.is_available(),
+                                      importlib.util.find_spec("flash_attn") is not None)
+    model = load_model(str(source), dtype="float32", quantization_config=quantized, attn_implementation=kernel)
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab_rows:
         raise LangadaptError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_rows} embedding "
@@ -423,8 +434,8 @@ def run_training(options: TrainOptions, task: TrainingTask) -> tuple[dict, Any]:
         for name, text in data.files.items():
             (out / name).write_text(text, encoding="utf-8")
 
-    model = load_model_for_training(source, tokenizer, getattr(options, "quantization", None))
-    base = base_facts(model)  # before the model is wrapped
+    model = load_model_for_training(source, tokenizer, getattr(options, "quantization", None), options.attention)
+    base = {**base_facts(model), "attention": model.config._attn_implementation}  # before the model is wrapped
     set_seed(options.seed)  # LoRA's initial weights are random: the same seed, the same run
     model = task.prepare(model, source)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -19,6 +19,7 @@ from langadapt.options import Options, OptionError, embed, from_mapping, option,
 STAGES = ("embeddings", "lora", "full")
 BLOCK_ORDERS = ("shuffled", "loss", "length")
 QUANTIZATIONS = ("nf4", "fp4", "int8")
+ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 POSITIVE = ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit", "lora_r", "lora_alpha")
 
@@ -78,6 +79,10 @@ class TrainOptions(Options):
                                            "'langadapt[qlora]'. The embeddings and LM head are never quantised; "
                                            "LoRA and every trainable row stay fp32. The adapter is plain peft, and "
                                            "`merge` folds it into the full-precision base. Runs on a CPU too, slowly")
+    attention: str = option("auto", choices=ATTENTIONS,
+                            help="transformers' attention kernel: auto (flash_attention_2 on a GPU where flash-attn "
+                                 "is installed, else sdpa), sdpa, flash_attention_2 (pip install flash-attn; GPU, "
+                                 "bf16) or eager (keeps every attention matrix: far more memory than the plan shows)")
     dataloader_workers: int = option(0, help="DataLoader worker processes")
     resume: bool = option(False, help="continue from the newest complete checkpoint in out")
     overwrite: bool = option(False, help="delete an existing run in out and start over")
