@@ -153,10 +153,9 @@ def record_batches(texts) -> Iterator[list[str]]:
 def _tokenize_part(tokenizer, corpus: CorpusSpec, part: FilePart, dest: Path, bar, segmenter=None,
                    threads: int = 1) -> dict:
     """Write `dest.bin`, `dest.hashes` and `dest.json` for one file part, each through a rename, tokenising
-    on `threads` threads. With a
-    `segmenter`, the text is cut with BPE-dropout seeded by the corpus seed and a hash of the part's
-    bytes: not by its cache key, which holds the path and mtime, so the same text gives the same
-    blocks wherever it lies (the embedded corpus lies inside the virtualenv of each clone)."""
+    on `threads` threads. With a `segmenter`, the text is cut with BPE-dropout seeded by the corpus seed
+    and a hash of the part's bytes: not by its cache key, which holds the path and mtime, so the same text
+    gives the same blocks wherever it lies (the embedded corpus lies inside the virtualenv of each clone)."""
     eos = tokenizer.eos_token_id
     encode = segmenter.seeded(f"{corpus.seed}/{part_digest(part)}") if segmenter else batch_encoder(tokenizer)
     tmp_bin = dest.with_name(f".{dest.name}.bin.tmp-{os.getpid()}")
@@ -229,7 +228,7 @@ class _NoBar:
         pass
 
 
-_WORKER: dict = {}  # a cache worker process's tokenizer, corpus and segmenter (set once by _start_worker)
+_WORKER: dict = {}  # a cache worker process's tokenizer, corpus, segmenter and threads (set once by _start_worker)
 
 
 def _start_worker(tokenizer, corpus: CorpusSpec, threads: int) -> None:
